@@ -1,0 +1,106 @@
+//! `edgevit bench`: latency percentiles, throughput, cold start and peak memory
+//! of one engine, measured in-process. Comparisons with peers live in `tools/`.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::engine::Engine;
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub model: String,
+    pub version: u64,
+    pub precision: &'static str,
+    pub backend: &'static str,
+    pub iterations: usize,
+    /// Network latency per image, milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub mean_ms: f64,
+    /// Images per second over the timed iterations.
+    pub throughput: f64,
+    /// From `main` to the first classification result, milliseconds.
+    pub cold_start_ms: f64,
+    /// Peak resident set size of the process, MiB.
+    pub peak_rss_mib: f64,
+}
+
+/// The `q` quantile (0..=1) of sorted samples, nearest rank.
+pub fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// Peak resident set size of this process in bytes (`VmHWM`), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Times `iterations` runs of the engine on the input already in place, after
+/// `warmup` untimed ones. `first_result` is how long the process took from
+/// `main` to its first classification.
+pub fn run(
+    engine: &mut Engine,
+    warmup: usize,
+    iterations: usize,
+    first_result: Duration,
+) -> Result<BenchReport> {
+    for _ in 0..warmup {
+        engine.run()?;
+    }
+    let mut samples = Vec::with_capacity(iterations);
+    let start = Instant::now();
+    for _ in 0..iterations {
+        let t = Instant::now();
+        engine.run()?;
+        samples.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>().as_secs_f64() / iterations.max(1) as f64;
+    Ok(BenchReport {
+        model: engine.name.clone(),
+        version: engine.version,
+        precision: engine.precision.name(),
+        backend: engine.backend.name(),
+        iterations,
+        p50_ms: ms(quantile(&samples, 0.5)),
+        p99_ms: ms(quantile(&samples, 0.99)),
+        mean_ms: mean * 1e3,
+        throughput: iterations as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
+        cold_start_ms: ms(first_result),
+        peak_rss_mib: peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_quantiles() {
+        let s: Vec<Duration> = (1..=100).map(Duration::from_millis).collect();
+        assert_eq!(quantile(&s, 0.5), Duration::from_millis(50));
+        assert_eq!(quantile(&s, 0.99), Duration::from_millis(99));
+        assert_eq!(quantile(&s, 1.0), Duration::from_millis(100));
+        assert_eq!(quantile(&s[..1], 0.99), Duration::from_millis(1));
+        assert_eq!(quantile(&[], 0.5), Duration::ZERO);
+    }
+
+    #[test]
+    fn peak_rss_is_read_on_linux() {
+        assert!(peak_rss_bytes().unwrap() > 0);
+    }
+}

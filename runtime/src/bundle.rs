@@ -1,0 +1,573 @@
+//! Model bundles: a signed manifest, the ONNX model, labels and golden I/O.
+//!
+//! A bundle is a directory or the same tree as one `.tar` file. Opening one
+//! reads every payload file into memory once, checks the signature over the
+//! exact manifest bytes, then each file's size and sha256: what the engine
+//! loads is exactly what was verified.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{Context, Result};
+use ed25519_dalek::Signature;
+use sha2::{Digest, Sha256};
+
+use crate::keys::{SecretKey, TrustStore};
+use crate::manifest::{FileEntry, Manifest, FORMAT};
+
+pub const MANIFEST: &str = "manifest.toml";
+pub const SIGNATURE: &str = "manifest.sig";
+/// A manifest is a page of text; anything bigger is not one.
+const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// Upper bound for one payload file and for a whole tar bundle.
+const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Largest image side a manifest may ask for.
+const MAX_INPUT_SIDE: u32 = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{SIGNATURE} is missing (sign the bundle with `edgevit bundle sign`)")]
+    Unsigned,
+    #[error("{SIGNATURE} does not verify with any trusted key (tried {0})")]
+    BadSignature(usize),
+    #[error("no trusted keys: pass --trust KEY.pub or install keys in {0}")]
+    NoTrustedKeys(String),
+    #[error("{MANIFEST} is not valid: {0}")]
+    BadManifest(String),
+    #[error("{file}: expected {expected} bytes but bundle has {found}")]
+    Size {
+        file: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{file}: expected sha256 {expected} but bundle has {found}")]
+    Digest {
+        file: String,
+        expected: String,
+        found: String,
+    },
+    #[error("{0}: listed in {MANIFEST} but missing")]
+    Missing(String),
+    #[error("{0}: not a plain relative path inside the bundle")]
+    UnsafePath(String),
+    #[error("{0}: expected {1}")]
+    Inconsistent(String, String),
+}
+
+/// How to treat the manifest signature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SignaturePolicy {
+    /// A trusted key must have signed the manifest.
+    Require,
+    /// Do not check it (explicit user choice, logged).
+    Skip,
+}
+
+/// What opening the bundle established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Verified {
+    /// The trusted key (id and origin) that signed the manifest, or `None`
+    /// when the check was skipped on request.
+    pub signature: Option<String>,
+    /// Every payload file matched its size and sha256 from the manifest.
+    pub payload: bool,
+}
+
+/// An opened, verified bundle held in memory.
+pub struct Bundle {
+    /// Where it came from: a path, or `embedded default`.
+    pub origin: String,
+    pub manifest: Manifest,
+    pub manifest_bytes: Vec<u8>,
+    pub verified: Verified,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for Bundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Bundle")
+            .field("origin", &self.origin)
+            .field("name", &self.manifest.name)
+            .field("version", &self.manifest.version)
+            .field("verified", &self.verified)
+            .finish()
+    }
+}
+
+/// A bundle's golden I/O, one `Vec` per image.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Golden {
+    /// Preprocessed inputs.
+    pub inputs: Vec<Vec<f32>>,
+    /// Reference logits.
+    pub logits: Vec<Vec<f32>>,
+}
+
+/// The raw bytes of a bundle before verification.
+pub struct RawBundle {
+    pub manifest: Vec<u8>,
+    pub signature: Option<Vec<u8>>,
+    files: BTreeMap<String, Vec<u8>>,
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Checks that `name` is a plain relative path (`a/b.bin`) and returns it normalized.
+pub fn safe_relative_path(name: &str) -> Result<String, BundleError> {
+    let path = Path::new(name);
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => parts.push(
+                p.to_str()
+                    .ok_or_else(|| BundleError::UnsafePath(name.into()))?,
+            ),
+            Component::CurDir => {}
+            _ => return Err(BundleError::UnsafePath(name.into())),
+        }
+    }
+    if parts.is_empty() {
+        return Err(BundleError::UnsafePath(name.into()));
+    }
+    Ok(parts.join("/"))
+}
+
+fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{}: expected a regular file", path.display());
+    }
+    if meta.len() > cap {
+        anyhow::bail!(
+            "{}: expected at most {cap} bytes but it has {}",
+            path.display(),
+            meta.len()
+        );
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    std::fs::File::open(path)
+        .and_then(|f| f.take(cap + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(bytes)
+}
+
+impl RawBundle {
+    /// Reads a bundle directory: the manifest, its signature and the files it lists.
+    pub fn from_dir(dir: &Path) -> Result<RawBundle> {
+        let manifest = read_capped(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?;
+        let sig_path = dir.join(SIGNATURE);
+        let signature = if sig_path.exists() {
+            Some(read_capped(&sig_path, 4096)?)
+        } else {
+            None
+        };
+        // Only the files the manifest lists are read, each capped by its declared size.
+        let listed = parse_manifest(&manifest)
+            .map(|m| m.files)
+            .unwrap_or_default();
+        let mut files = BTreeMap::new();
+        for (name, entry) in &listed {
+            let rel = safe_relative_path(name)?;
+            let path = dir.join(&rel);
+            if !path.exists() {
+                continue;
+            }
+            let meta = std::fs::symlink_metadata(&path)?;
+            if !meta.is_file() {
+                return Err(BundleError::Inconsistent(rel, "a regular file".into()).into());
+            }
+            if meta.len() != entry.size {
+                return Err(BundleError::Size {
+                    file: rel,
+                    expected: entry.size,
+                    found: meta.len(),
+                }
+                .into());
+            }
+            files.insert(rel, read_capped(&path, entry.size.min(MAX_FILE_BYTES))?);
+        }
+        Ok(RawBundle {
+            manifest,
+            signature,
+            files,
+        })
+    }
+
+    /// Reads a bundle packed as a tar: regular files and directories only.
+    pub fn from_tar(path: &Path) -> Result<RawBundle> {
+        let file = std::fs::File::open(path)
+            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let mut archive = tar::Archive::new(file);
+        let mut files = BTreeMap::new();
+        let mut total = 0u64;
+        for entry in archive
+            .entries()
+            .with_context(|| format!("{}: not a tar archive", path.display()))?
+        {
+            let mut entry =
+                entry.with_context(|| format!("{}: corrupt tar archive", path.display()))?;
+            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+            let kind = entry.header().entry_type();
+            if kind.is_dir() {
+                safe_relative_path(&name).or_else(|e| {
+                    if name == "./" {
+                        Ok(String::new())
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                continue;
+            }
+            if !kind.is_file() {
+                return Err(BundleError::Inconsistent(
+                    name,
+                    "a regular file in the tar, not a link or device".into(),
+                )
+                .into());
+            }
+            let rel = safe_relative_path(&name)?;
+            let size = entry.size();
+            total += size;
+            if total > MAX_FILE_BYTES {
+                anyhow::bail!(
+                    "{}: expected at most {MAX_FILE_BYTES} bytes of payload",
+                    path.display()
+                );
+            }
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry
+                .by_ref()
+                .take(size)
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("{}: truncated tar entry {rel}", path.display()))?;
+            if bytes.len() as u64 != size {
+                anyhow::bail!("{}: truncated tar entry {rel}", path.display());
+            }
+            if files.insert(rel.clone(), bytes).is_some() {
+                return Err(BundleError::Inconsistent(rel, "one entry per path".into()).into());
+            }
+        }
+        let manifest = files
+            .remove(MANIFEST)
+            .ok_or_else(|| BundleError::Missing(MANIFEST.into()))?;
+        let signature = files.remove(SIGNATURE);
+        Ok(RawBundle {
+            manifest,
+            signature,
+            files,
+        })
+    }
+
+    /// A bundle from bytes already in memory (the embedded default).
+    pub fn from_memory(manifest: &[u8], signature: &[u8], files: &[(&str, &[u8])]) -> RawBundle {
+        RawBundle {
+            manifest: manifest.to_vec(),
+            signature: Some(signature.to_vec()),
+            files: files
+                .iter()
+                .map(|(n, b)| (n.to_string(), b.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// Checks signature, manifest and every file; on success the bundle is usable.
+    pub fn verify(
+        self,
+        origin: String,
+        trust: &TrustStore,
+        policy: SignaturePolicy,
+    ) -> Result<Bundle> {
+        let signature = match policy {
+            SignaturePolicy::Skip => {
+                log::warn!("bundle {origin}: signature check skipped on request");
+                None
+            }
+            SignaturePolicy::Require => {
+                if trust.is_empty() {
+                    return Err(
+                        BundleError::NoTrustedKeys(crate::keys::DEFAULT_TRUST_DIR.into()).into(),
+                    );
+                }
+                let sig = self.signature.as_deref().ok_or(BundleError::Unsigned)?;
+                let sig = parse_signature(sig)?;
+                let key = trust
+                    .verify(&self.manifest, &sig)
+                    .ok_or(BundleError::BadSignature(trust.len()))?;
+                Some(format!("{key:?}"))
+            }
+        };
+        let manifest = parse_manifest(&self.manifest)?;
+        check_manifest(&manifest)?;
+        let mut files = self.files;
+        for (name, entry) in &manifest.files {
+            let rel = safe_relative_path(name)?;
+            let bytes = files
+                .get(&rel)
+                .ok_or_else(|| BundleError::Missing(rel.clone()))?;
+            if bytes.len() as u64 != entry.size {
+                return Err(BundleError::Size {
+                    file: rel,
+                    expected: entry.size,
+                    found: bytes.len() as u64,
+                }
+                .into());
+            }
+            let digest = sha256_hex(bytes);
+            if digest != entry.sha256 {
+                return Err(BundleError::Digest {
+                    file: rel,
+                    expected: entry.sha256.clone(),
+                    found: digest,
+                }
+                .into());
+            }
+        }
+        files.retain(|name, _| manifest.files.contains_key(name));
+        let bundle = Bundle {
+            origin,
+            manifest,
+            manifest_bytes: self.manifest,
+            verified: Verified {
+                signature,
+                payload: true,
+            },
+            files,
+        };
+        bundle.check_contents()?;
+        Ok(bundle)
+    }
+}
+
+fn parse_signature(bytes: &[u8]) -> Result<Signature> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| BundleError::Inconsistent(SIGNATURE.into(), "hex text".into()))?;
+    let raw = crate::keys::parse_hex(text, 64).with_context(|| SIGNATURE.to_string())?;
+    Ok(Signature::from_slice(&raw).expect("length checked"))
+}
+
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| BundleError::BadManifest("expected UTF-8 text".into()))?;
+    toml::from_str(text).map_err(|e| BundleError::BadManifest(e.message().to_string()))
+}
+
+/// Checks the manifest on its own: shapes, names, references.
+fn check_manifest(m: &Manifest) -> Result<(), BundleError> {
+    let bad = |what: &str| Err(BundleError::BadManifest(what.into()));
+    if m.format != FORMAT {
+        return bad(&format!(
+            "expected format {FORMAT} but manifest has {}",
+            m.format
+        ));
+    }
+    if m.name.is_empty() || m.compatible.is_empty() {
+        return bad("expected a name and at least one compatible board family");
+    }
+    let i = &m.input;
+    if i.width == 0 || i.height == 0 || i.width > MAX_INPUT_SIDE || i.height > MAX_INPUT_SIDE {
+        return bad(&format!(
+            "expected input sides in 1..={MAX_INPUT_SIDE} but manifest has {}x{}",
+            i.width, i.height
+        ));
+    }
+    if i.channels != 1 && i.channels != 3 {
+        return bad(&format!(
+            "expected 1 or 3 input channels but manifest has {}",
+            i.channels
+        ));
+    }
+    if i.mean.len() != i.channels as usize || i.std.len() != i.channels as usize {
+        return bad("expected one mean and one std per input channel");
+    }
+    if i.std.iter().any(|s| !(s.is_finite() && *s > 0.0)) || i.mean.iter().any(|v| !v.is_finite()) {
+        return bad("expected finite means and positive stds");
+    }
+    if m.model.classes == 0 {
+        return bad("expected at least one class");
+    }
+    let mut referenced = vec![&m.model.file, &m.labels.file];
+    if let Some(g) = &m.golden {
+        referenced.extend([&g.input, &g.logits]);
+        if g.top1.len() != g.count || g.count == 0 {
+            return bad(&format!(
+                "expected {} golden top-1 entries but manifest has {}",
+                g.count,
+                g.top1.len()
+            ));
+        }
+        if g.top1.iter().any(|&c| c >= m.model.classes) {
+            return bad("expected golden top-1 classes below the class count");
+        }
+        if !(g.tolerance.is_finite() && g.tolerance >= 0.0) {
+            return bad("expected a non-negative golden tolerance");
+        }
+    }
+    for name in referenced {
+        if !m.files.contains_key(name) {
+            return bad(&format!("expected {name} to be listed under [files]"));
+        }
+    }
+    for name in m.files.keys() {
+        if safe_relative_path(name)? != *name {
+            return Err(BundleError::UnsafePath(name.clone()));
+        }
+    }
+    Ok(())
+}
+
+impl Bundle {
+    /// Opens the bundle at `path` (a directory or a `.tar`) and verifies it.
+    pub fn open(path: &Path, trust: &TrustStore, policy: SignaturePolicy) -> Result<Bundle> {
+        let origin = path.display().to_string();
+        let raw = if path.is_dir() {
+            RawBundle::from_dir(path)
+        } else {
+            RawBundle::from_tar(path)
+        };
+        raw.and_then(|raw| raw.verify(origin.clone(), trust, policy))
+            .with_context(|| format!("bundle {origin}"))
+    }
+
+    /// A verified payload file.
+    pub fn file(&self, name: &str) -> &[u8] {
+        self.files
+            .get(name)
+            .map(Vec::as_slice)
+            .expect("verified bundles hold every listed file")
+    }
+
+    pub fn model_bytes(&self) -> &[u8] {
+        self.file(&self.manifest.model.file)
+    }
+
+    pub fn labels(&self) -> Vec<String> {
+        parse_labels(self.file(&self.manifest.labels.file))
+    }
+
+    /// The golden inputs and reference logits, when the bundle has them.
+    pub fn golden(&self) -> Option<Golden> {
+        let g = self.manifest.golden.as_ref()?;
+        let split = |file: &str, n: usize| {
+            f32s(self.file(file))
+                .chunks(n)
+                .map(<[f32]>::to_vec)
+                .collect()
+        };
+        Some(Golden {
+            inputs: split(&g.input, self.manifest.input.len()),
+            logits: split(&g.logits, self.manifest.model.classes),
+        })
+    }
+
+    /// Consistency of the payload with the manifest, beyond hashes.
+    fn check_contents(&self) -> Result<(), BundleError> {
+        let m = &self.manifest;
+        let labels = self.labels();
+        if labels.len() != m.model.classes {
+            return Err(BundleError::Inconsistent(
+                m.labels.file.clone(),
+                format!(
+                    "{} labels (one per class) but bundle has {}",
+                    m.model.classes,
+                    labels.len()
+                ),
+            ));
+        }
+        if let Some(g) = &m.golden {
+            for (file, per_item) in [(&g.input, m.input.len()), (&g.logits, m.model.classes)] {
+                let expected = (g.count * per_item * 4) as u64;
+                let found = self.file(file).len() as u64;
+                if found != expected {
+                    return Err(BundleError::Size {
+                        file: file.clone(),
+                        expected,
+                        found,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Labels: one per non-empty line, surrounding whitespace trimmed.
+pub fn parse_labels(bytes: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(String::from)
+        .collect()
+}
+
+/// Little-endian f32 values.
+pub fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
+pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+/// The `[files]` entry for `bytes`.
+pub fn file_entry(bytes: &[u8]) -> FileEntry {
+    FileEntry {
+        size: bytes.len() as u64,
+        sha256: sha256_hex(bytes),
+    }
+}
+
+/// Signs the manifest of the bundle directory `dir` after checking that its
+/// files match it. Writes `manifest.sig` atomically.
+pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<PathBuf> {
+    let raw = RawBundle::from_dir(dir).with_context(|| format!("bundle {}", dir.display()))?;
+    let manifest = raw.manifest.clone();
+    raw.verify(
+        dir.display().to_string(),
+        &TrustStore::default(),
+        SignaturePolicy::Skip,
+    )
+    .with_context(|| format!("bundle {}", dir.display()))?;
+    let sig = key.sign(&manifest);
+    let path = dir.join(SIGNATURE);
+    crate::fsutil::write_atomic(
+        &path,
+        format!("{}\n", hex::encode(sig.to_bytes())).as_bytes(),
+    )?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_paths_are_plain_and_relative() {
+        assert_eq!(
+            safe_relative_path("./golden/input.bin").unwrap(),
+            "golden/input.bin"
+        );
+        for bad in ["/etc/passwd", "../x", "a/../../x", "", "."] {
+            assert!(safe_relative_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn f32_round_trip() {
+        let v = [1.5f32, -0.0, f32::MAX];
+        assert_eq!(f32s(&f32_bytes(&v)), v);
+    }
+
+    #[test]
+    fn labels_skip_blank_lines() {
+        assert_eq!(parse_labels(b"a\n\n b \r\n"), vec!["a", "b"]);
+    }
+}

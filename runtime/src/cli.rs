@@ -1,0 +1,477 @@
+//! The command line: verbs, their flags (one `Args` struct per stage,
+//! flattened into the verbs), and what each verb does with the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::bundle::{Bundle, SignaturePolicy};
+use crate::create::{create, CreateOptions};
+use crate::embedded;
+use crate::engine::{Backend, Engine};
+use crate::eval::{evaluate, Idx};
+use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
+use crate::manifest::{InputSpec, Layout, Precision};
+use crate::postprocess::{Scored, TopK};
+use crate::preprocess::Image;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgevit",
+    version,
+    about = "Classify images with a quantized Vision Transformer"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Classify image files and print `NN.NN% label` lines.
+    Classify(ClassifyArgs),
+    /// Accuracy on an idx-format test set (e.g. Fashion-MNIST `t10k-*.gz`).
+    Eval(EvalArgs),
+    /// Latency percentiles, throughput, cold start and peak memory.
+    Bench(BenchArgs),
+    /// Create, sign, verify and inspect model bundles.
+    #[command(subcommand)]
+    Bundle(BundleCommand),
+}
+
+/// Which bundle to load and which keys to trust.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Bundle directory or `.tar`; without it, the default bundle built into the binary.
+    #[arg(long = "bundle", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// Trust this public key file (repeatable), in addition to `--trust-dir`.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Directory of trusted `*.pub` keys.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TRUST_DIR)]
+    pub trust_dir: PathBuf,
+    /// Do not check the manifest signature (hashes are still checked). Logged.
+    #[arg(long)]
+    pub skip_signature: bool,
+}
+
+impl BundleArgs {
+    pub fn trust_store(&self) -> Result<TrustStore> {
+        TrustStore::load(&self.trust, Some(&self.trust_dir))
+    }
+
+    fn policy(&self) -> SignaturePolicy {
+        if self.skip_signature {
+            SignaturePolicy::Skip
+        } else {
+            SignaturePolicy::Require
+        }
+    }
+
+    /// Opens and verifies the chosen bundle.
+    pub fn open(&self) -> Result<Bundle> {
+        match &self.path {
+            None => embedded::default_bundle(),
+            Some(path) => Bundle::open(path, &self.trust_store()?, self.policy()),
+        }
+    }
+}
+
+/// Where the network runs.
+#[derive(Debug, Args)]
+pub struct EngineArgs {
+    /// Backend for the network.
+    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
+    pub backend: Backend,
+}
+
+/// How logits become the answer.
+#[derive(Debug, Args)]
+pub struct PostprocessArgs {
+    /// Number of classes to report per image (0: all).
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Report only classes whose score is at least this (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f32,
+}
+
+#[derive(Debug, Args)]
+pub struct ClassifyArgs {
+    /// PNG or JPEG files.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub post: PostprocessArgs,
+    /// One JSON object per image instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// idx images file (`.gz` or plain), dimensions [count, height, width].
+    #[arg(long, value_name = "FILE")]
+    pub idx_images: PathBuf,
+    /// idx labels file, dimensions [count].
+    #[arg(long, value_name = "FILE")]
+    pub idx_labels: PathBuf,
+    /// Evaluate only the first N images.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Timed runs.
+    #[arg(long, default_value_t = 200)]
+    pub iterations: usize,
+    /// Untimed runs before timing.
+    #[arg(long, default_value_t = 10)]
+    pub warmup: usize,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BundleCommand {
+    /// Package an ONNX classifier with its labels and input spec.
+    Create(CreateArgs),
+    /// Sign a bundle directory's manifest with a secret key.
+    Sign {
+        /// Bundle directory.
+        dir: PathBuf,
+        /// Secret key file (`.key`).
+        #[arg(long, value_name = "KEY.key")]
+        key: PathBuf,
+    },
+    /// Check signature, hashes, that the model loads and reproduces its golden output.
+    Verify {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+    /// Print what a bundle holds.
+    Info {
+        #[command(flatten)]
+        bundle: BundleArgs,
+        /// Print the manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Generate an ed25519 key pair `STEM.key` and `STEM.pub`.
+    Keygen {
+        /// Path without extension.
+        #[arg(long, value_name = "STEM")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// ONNX model: one f32 image input, one `[batch, classes]` output.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// Labels, one per line in class order.
+    #[arg(long, value_name = "FILE")]
+    pub labels: PathBuf,
+    /// Bundle name.
+    #[arg(long)]
+    pub name: String,
+    /// Bundle version, strictly increasing across releases.
+    #[arg(long)]
+    pub version: u64,
+    /// Free text.
+    #[arg(long, default_value = "")]
+    pub description: String,
+    /// Board families the bundle fits (repeatable); `any` fits all.
+    #[arg(long, default_value = "any")]
+    pub compatible: Vec<String>,
+    /// Model input width.
+    #[arg(long)]
+    pub width: u32,
+    /// Model input height.
+    #[arg(long)]
+    pub height: u32,
+    /// Model input channels: 1 (luma) or 3 (RGB).
+    #[arg(long, default_value_t = 3)]
+    pub channels: u32,
+    /// Per-channel mean on [0, 1] values, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub std: Vec<f32>,
+    /// Input tensor layout.
+    #[arg(long, value_enum, default_value_t = Layout::Nchw)]
+    pub layout: Layout,
+    /// Precision of the stored weights.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
+    /// Images whose outputs become the bundle's golden check (repeatable).
+    #[arg(long = "golden-image", value_name = "IMAGE")]
+    pub golden_images: Vec<PathBuf>,
+    /// Allowed absolute logit difference in the golden check.
+    #[arg(long, default_value_t = 1e-4)]
+    pub tolerance: f32,
+    /// Sign the new bundle with this secret key.
+    #[arg(long, value_name = "KEY.key")]
+    pub key: Option<PathBuf>,
+    /// New bundle directory.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+/// Runs a parsed command line. `started` is when `main` began.
+pub fn run(cli: Cli, started: Instant) -> Result<()> {
+    match cli.command {
+        Command::Classify(args) => classify(args),
+        Command::Eval(args) => eval(args),
+        Command::Bench(args) => bench(args, started),
+        Command::Bundle(cmd) => bundle(cmd),
+    }
+}
+
+fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
+    let bundle = bundle.open()?;
+    let engine = Engine::load(&bundle, engine.backend)?;
+    Ok((bundle, engine))
+}
+
+fn classify(args: ClassifyArgs) -> Result<()> {
+    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let mut topk = TopK::default();
+    let mut ranked: Vec<Scored> = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for path in &args.images {
+        let img = Image::open(path)?;
+        engine.set_image(img.view());
+        let logits = engine.run()?.to_vec();
+        topk.rank(&logits, args.post.top_k, args.post.threshold, &mut ranked);
+        if args.json {
+            let top: Vec<_> = ranked
+                .iter()
+                .map(|s| json!({"class": s.class, "label": engine.labels[s.class], "score": s.score}))
+                .collect();
+            let line = json!({
+                "image": path.display().to_string(),
+                "model": engine.name, "version": engine.version, "backend": engine.backend.name(),
+                "top_k": top, "logits": logits,
+            });
+            writeln!(out, "{line}")?;
+        } else {
+            writeln!(out, "{}", path.display())?;
+            for s in &ranked {
+                writeln!(out, "{:6.2}% {}", s.score * 100.0, engine.labels[s.class])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn eval(args: EvalArgs) -> Result<()> {
+    let images = Idx::open(&args.idx_images)?;
+    let labels = Idx::open(&args.idx_labels)?;
+    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let acc = evaluate(&mut engine, &images, &labels, args.limit)?;
+    if args.json {
+        let line = json!({
+            "model": engine.name, "version": engine.version, "precision": engine.precision.name(),
+            "backend": engine.backend.name(), "correct": acc.correct, "total": acc.total,
+            "accuracy": acc.percent(), "seconds": acc.seconds,
+        });
+        println!("{line}");
+    } else {
+        println!(
+            "{} v{} {} on {}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
+            engine.name,
+            engine.version,
+            engine.precision.name(),
+            engine.backend,
+            acc.percent(),
+            acc.correct,
+            acc.total,
+            acc.seconds,
+            acc.seconds * 1e3 / acc.total.max(1) as f64
+        );
+    }
+    Ok(())
+}
+
+fn bench(args: BenchArgs, started: Instant) -> Result<()> {
+    let (bundle, mut engine) = load(&args.bundle, &args.engine)?;
+    if let Some(golden) = bundle.golden() {
+        engine.input_mut().copy_from_slice(&golden.inputs[0]);
+    }
+    engine.run()?;
+    let first_result = started.elapsed();
+    let report = crate::bench::run(&mut engine, args.warmup, args.iterations, first_result)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let r = &report;
+        println!(
+            "{} v{} {} on {}, {} iterations",
+            r.model, r.version, r.precision, r.backend, r.iterations
+        );
+        println!(
+            "  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms",
+            r.p50_ms, r.p99_ms, r.mean_ms
+        );
+        println!("  throughput   {:.1} images/s", r.throughput);
+        println!(
+            "  cold start   {:.1} ms (main to first result)",
+            r.cold_start_ms
+        );
+        println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
+    }
+    Ok(())
+}
+
+fn bundle(cmd: BundleCommand) -> Result<()> {
+    match cmd {
+        BundleCommand::Create(a) => {
+            let input = InputSpec {
+                width: a.width,
+                height: a.height,
+                channels: a.channels,
+                mean: a.mean,
+                std: a.std,
+                layout: a.layout,
+            };
+            let opts = CreateOptions {
+                model: a.model,
+                labels: a.labels,
+                name: a.name,
+                version: a.version,
+                description: a.description,
+                compatible: a.compatible,
+                input,
+                precision: a.precision,
+                golden_images: a.golden_images,
+                tolerance: a.tolerance,
+                key: a.key,
+                out: a.out,
+            };
+            let m = create(&opts)?;
+            let golden = m.golden.as_ref().map_or(0, |g| g.count);
+            let signed = if opts.key.is_some() {
+                "signed"
+            } else {
+                "unsigned: run `edgevit bundle sign`"
+            };
+            println!(
+                "created {}: {} v{}, {} classes, {} golden images, {signed}",
+                opts.out.display(),
+                m.name,
+                m.version,
+                m.model.classes,
+                golden
+            );
+        }
+        BundleCommand::Sign { dir, key } => {
+            let key = SecretKey::load(&key)?;
+            let path = crate::bundle::sign_dir(&dir, &key)?;
+            println!("signed {} ({})", dir.display(), path.display());
+        }
+        BundleCommand::Verify { bundle, engine } => {
+            let (bundle, mut engine) = load(&bundle, &engine)?;
+            let signer = bundle
+                .verified
+                .signature
+                .as_deref()
+                .unwrap_or("not checked (--skip-signature)");
+            let files = bundle.manifest.files.len();
+            match engine.check_golden(&bundle)? {
+                Some(report) if !report.passed() => {
+                    bail!("bundle {}: {report}", bundle.origin);
+                }
+                Some(report) => println!(
+                    "bundle {}: OK; signed by {signer}; {files} files; {report}",
+                    bundle.origin
+                ),
+                None => println!(
+                    "bundle {}: OK; signed by {signer}; {files} files; no golden check",
+                    bundle.origin
+                ),
+            }
+        }
+        BundleCommand::Info { bundle, json } => {
+            let bundle = bundle.open()?;
+            let m = &bundle.manifest;
+            if json {
+                println!("{}", serde_json::to_string(m)?);
+            } else {
+                let i = &m.input;
+                println!("bundle   {}", bundle.origin);
+                println!("name     {} v{}", m.name, m.version);
+                if !m.description.is_empty() {
+                    println!("about    {}", m.description);
+                }
+                println!(
+                    "model    {} ({}, {} classes{})",
+                    m.model.file,
+                    m.model.precision.name(),
+                    m.model.classes,
+                    m.model
+                        .arch
+                        .as_ref()
+                        .map(|a| format!(", {a}"))
+                        .unwrap_or_default()
+                );
+                if let Some(p) = &m.model.pooling {
+                    println!("pooling  {p} (groups {})", m.model.groups.unwrap_or(1));
+                }
+                println!(
+                    "input    {}x{}x{} {} mean {:?} std {:?}",
+                    i.width,
+                    i.height,
+                    i.channels,
+                    i.layout.name(),
+                    i.mean,
+                    i.std
+                );
+                println!("fits     {}", m.compatible.join(", "));
+                println!(
+                    "signed   {}",
+                    bundle
+                        .verified
+                        .signature
+                        .as_deref()
+                        .unwrap_or("not checked")
+                );
+                for (name, f) in &m.files {
+                    println!("file     {name} {} bytes sha256 {}", f.size, f.sha256);
+                }
+            }
+        }
+        BundleCommand::Keygen { out } => {
+            let key = SecretKey::generate();
+            let (secret, public) = key.write_pair(&out, "edgevit ed25519 key")?;
+            println!("wrote {} and {}", secret.display(), public.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! edgevit: classify camera frames with a quantized Vision Transformer.
+//!
+//! The pipeline, one module per stage: [`preprocess`] turns an image into
+//! the model input, [`engine`] runs a [`bundle`]'s model through tract,
+//! [`postprocess`] ranks the classes. [`cli`] wires them into verbs.
+
+pub mod bench;
+pub mod bundle;
+pub mod cli;
+mod create;
+mod embedded;
+pub mod engine;
+pub mod eval;
+mod fsutil;
+pub mod keys;
+pub mod manifest;
+pub mod postprocess;
+pub mod preprocess;
+
+pub use bundle::{Bundle, SignaturePolicy};
+pub use embedded::default_bundle;
+pub use engine::{Backend, Engine};
+pub use manifest::Manifest;

@@ -1,0 +1,82 @@
+//! Logits to the answer: softmax, top-k above a threshold.
+
+/// One ranked class.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Scored {
+    pub class: usize,
+    /// Softmax probability in [0, 1].
+    pub score: f32,
+}
+
+/// Index of the largest logit (the first one on ties; NaN never wins).
+pub fn argmax(logits: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] || logits[best].is_nan() {
+            best = i;
+        }
+    }
+    best
+}
+
+/// Ranks classes by softmax score; reuses its buffers between calls.
+#[derive(Debug, Default)]
+pub struct TopK {
+    probs: Vec<f32>,
+    order: Vec<usize>,
+}
+
+impl TopK {
+    /// Writes into `out` the `k` best classes whose score is at least
+    /// `threshold`, best first. `k = 0` keeps every class.
+    pub fn rank(&mut self, logits: &[f32], k: usize, threshold: f32, out: &mut Vec<Scored>) {
+        out.clear();
+        if logits.is_empty() {
+            return;
+        }
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        self.probs.clear();
+        self.probs.extend(logits.iter().map(|v| (v - max).exp()));
+        let sum: f32 = self.probs.iter().sum();
+        self.probs.iter_mut().for_each(|p| *p /= sum);
+        self.order.clear();
+        self.order.extend(0..logits.len());
+        let probs = &self.probs;
+        self.order
+            .sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        let k = if k == 0 { logits.len() } else { k };
+        out.extend(
+            self.order
+                .iter()
+                .take(k)
+                .map(|&class| Scored {
+                    class,
+                    score: probs[class],
+                })
+                .filter(|s| s.score >= threshold),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_by_softmax_and_applies_k_and_threshold() {
+        let mut topk = TopK::default();
+        let mut out = Vec::new();
+        let logits = [1.0, 3.0, 2.0, 3.0];
+        topk.rank(&logits, 3, 0.0, &mut out);
+        assert_eq!(out.iter().map(|s| s.class).collect::<Vec<_>>(), [1, 3, 2]);
+        let total: f32 = {
+            let mut all = Vec::new();
+            topk.rank(&logits, 0, 0.0, &mut all);
+            all.iter().map(|s| s.score).sum()
+        };
+        assert!((total - 1.0).abs() < 1e-6);
+        topk.rank(&logits, 0, 0.3, &mut out);
+        assert_eq!(out.iter().map(|s| s.class).collect::<Vec<_>>(), [1, 3]);
+        assert_eq!(argmax(&logits), 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! Helpers for the end-to-end tests: the real `edgevit` binary, built from
+//! the same profile as the tests, the repository's fixtures, and ways to
+//! damage bundles on purpose.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use edgevit::bundle::{file_entry, MANIFEST, SIGNATURE};
+use edgevit::keys::SecretKey;
+use edgevit::Manifest;
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// A path relative to the repository root.
+pub fn repo(rel: &str) -> PathBuf {
+    root().join(rel)
+}
+
+pub const DEV_KEY: &str = "models/keys/dev-test-only.key";
+pub const DEV_PUB: &str = "models/keys/dev-test-only.pub";
+pub const FP32_BUNDLE: &str = "models/fmnist-vit-ggem";
+pub const INT8_BUNDLE: &str = "models/fmnist-vit-ggem-int8";
+pub const SAMPLES: &str = "models/samples/fashion-mnist";
+pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
+
+/// The `edgevit` binary of this build profile, built on first use so the
+/// tests never run a stale one.
+pub fn binary() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable path");
+        // target/<profile>/deps/<test> -> target/<profile>
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>/deps layout");
+        let profile = profile_dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .expect("profile dir name");
+        let target_dir = profile_dir.parent().expect("target dir");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "--quiet",
+            "-p",
+            "edgevit",
+            "--bin",
+            "edgevit",
+            "--target-dir",
+        ])
+        .arg(target_dir);
+        if profile != "debug" {
+            cmd.args(["--profile", profile]);
+        }
+        let status = cmd.current_dir(root()).status().expect("run cargo build");
+        assert!(status.success(), "cargo build of edgevit failed");
+        profile_dir.join("edgevit")
+    })
+}
+
+/// What a finished `edgevit` run printed.
+#[derive(Debug)]
+pub struct Run {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn ok(&self) -> &Self {
+        assert_eq!(
+            self.code,
+            Some(0),
+            "edgevit failed:\nstdout:\n{}\nstderr:\n{}",
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+
+    /// Asserts the failure contract: non-zero exit, no panic, and exactly one
+    /// `edgevit: ` line on stderr that contains `needle`.
+    pub fn fails_with(&self, needle: &str) -> &Self {
+        assert!(
+            matches!(self.code, Some(c) if c != 0),
+            "expected a failure, got {:?}:\n{}",
+            self.code,
+            self.stdout
+        );
+        assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1,
+            "expected one error line, got:\n{}",
+            self.stderr
+        );
+        assert!(
+            lines[0].starts_with("edgevit: "),
+            "unprefixed error: {}",
+            lines[0]
+        );
+        assert!(
+            lines[0].contains(needle),
+            "expected {needle:?} in: {}",
+            lines[0]
+        );
+        self
+    }
+
+    /// The stdout lines parsed as JSON objects.
+    pub fn json_lines(&self) -> Vec<serde_json::Value> {
+        self.stdout
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+            .collect()
+    }
+}
+
+/// Runs `edgevit` with `args` from the repository root.
+pub fn edgevit<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = Command::new(binary())
+        .args(args)
+        .current_dir(root())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run edgevit");
+    Run {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Copies a bundle directory tree into `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let entry = entry.unwrap();
+        let to = dst.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to);
+        } else {
+            std::fs::copy(entry.path(), &to).unwrap();
+        }
+    }
+}
+
+/// Reads a bundle directory's manifest.
+pub fn manifest(dir: &Path) -> Manifest {
+    toml::from_str(&std::fs::read_to_string(dir.join(MANIFEST)).unwrap()).unwrap()
+}
+
+/// Rewrites the manifest with `edit`, refreshes every listed file's size and
+/// sha256, and signs it with the development key, so that a test reaches the
+/// check it means to exercise rather than the hash or signature check.
+pub fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
+    let mut m = manifest(dir);
+    edit(&mut m);
+    for (name, entry) in m.files.iter_mut() {
+        if let Ok(bytes) = std::fs::read(dir.join(name)) {
+            *entry = file_entry(&bytes);
+        }
+    }
+    write_signed_manifest(dir, toml::to_string(&m).unwrap().as_bytes());
+}
+
+/// Writes raw manifest bytes and a development-key signature over them.
+pub fn write_signed_manifest(dir: &Path, bytes: &[u8]) {
+    std::fs::write(dir.join(MANIFEST), bytes).unwrap();
+    let key = SecretKey::load(&repo(DEV_KEY)).unwrap();
+    std::fs::write(
+        dir.join(SIGNATURE),
+        format!("{}\n", hex(&key.sign(bytes).to_bytes())),
+    )
+    .unwrap();
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Little-endian f32 values of a file.
+pub fn read_f32s(path: &Path) -> Vec<f32> {
+    edgevit::bundle::f32s(&std::fs::read(path).unwrap())
+}
+
+/// The shipped sample images, in name order.
+pub fn samples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo(SAMPLES))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    files.sort();
+    files
+}

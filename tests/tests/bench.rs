@@ -1,0 +1,50 @@
+//! `edgevit bench` reports every figure it promises, consistently. Values
+//! are measured, never compared with a time budget.
+
+use edgevit_tests::*;
+
+#[test]
+fn bench_reports_latency_throughput_cold_start_and_memory() {
+    let run = edgevit([
+        "bench",
+        "--json",
+        "--iterations",
+        "20",
+        "--warmup",
+        "2",
+        "--bundle",
+        INT8_BUNDLE,
+        "--trust",
+        DEV_PUB,
+    ]);
+    let r = &run.ok().json_lines()[0];
+    assert_eq!(r["model"], "fmnist-vit-ggem-int8");
+    assert_eq!(r["precision"], "int8");
+    assert_eq!(r["backend"], "cpu");
+    assert_eq!(r["iterations"], 20);
+    let f = |k: &str| {
+        r[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {r}"))
+    };
+    assert!(f("p50_ms") > 0.0 && f("p99_ms") >= f("p50_ms"), "{r}");
+    assert!(f("mean_ms") > 0.0 && f("throughput") > 0.0, "{r}");
+    assert!(f("cold_start_ms") > 0.0, "{r}");
+    // The process holds at least the model; a ViT this small stays far below 1 GiB.
+    assert!(f("peak_rss_mib") > 1.0 && f("peak_rss_mib") < 1024.0, "{r}");
+}
+
+#[test]
+fn bench_text_names_each_figure() {
+    let run = edgevit(["bench", "--iterations", "5", "--warmup", "1"]);
+    let out = &run.ok().stdout;
+    for needle in [
+        "fmnist-vit-ggem v1 fp32 on cpu",
+        "p50",
+        "p99",
+        "images/s",
+        "cold start",
+        "peak RSS",
+    ] {
+        assert!(out.contains(needle), "{needle} missing:\n{out}");
+    }
+}

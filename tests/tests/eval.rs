@@ -1,0 +1,63 @@
+//! Accuracy on the Fashion-MNIST 10k test split, read from the Debian package
+//! `dataset-fashion-mnist` (installed by tools/test.sh).
+
+use std::path::Path;
+
+use edgevit_tests::*;
+
+fn accuracy(bundle: &str) -> f64 {
+    let dir = Path::new(FASHION_MNIST);
+    assert!(
+        dir.join("t10k-images-idx3-ubyte.gz").exists(),
+        "{FASHION_MNIST} is missing: install the Debian package dataset-fashion-mnist (tools/test.sh does)"
+    );
+    let images = dir.join("t10k-images-idx3-ubyte.gz");
+    let labels = dir.join("t10k-labels-idx1-ubyte.gz");
+    let run = edgevit([
+        "eval".as_ref(),
+        "--json".as_ref(),
+        "--bundle".as_ref(),
+        bundle.as_ref(),
+        "--trust".as_ref(),
+        DEV_PUB.as_ref(),
+        "--idx-images".as_ref(),
+        images.as_os_str(),
+        "--idx-labels".as_ref(),
+        labels.as_os_str(),
+    ]);
+    let out = &run.ok().json_lines()[0];
+    assert_eq!(out["total"], 10000);
+    out["accuracy"].as_f64().unwrap()
+}
+
+#[test]
+fn fp32_reaches_88_percent_and_int8_stays_within_half_a_point() {
+    let fp32 = accuracy(FP32_BUNDLE);
+    let int8 = accuracy(INT8_BUNDLE);
+    eprintln!("fashion-mnist 10k: fp32 {fp32:.2}%, int8 {int8:.2}%");
+    assert!(fp32 >= 88.0, "fp32 accuracy {fp32:.2}% is below 88%");
+    assert!(
+        int8 >= fp32 - 0.5,
+        "int8 accuracy {int8:.2}% is more than 0.5 pt below fp32 {fp32:.2}%"
+    );
+}
+
+#[test]
+fn int8_model_is_at_most_a_third_of_fp32() {
+    let size = |b: &str| std::fs::metadata(repo(b).join("model.onnx")).unwrap().len();
+    let (fp32, int8) = (size(FP32_BUNDLE), size(INT8_BUNDLE));
+    assert!(3 * int8 <= fp32, "int8 model is {int8} bytes, fp32 {fp32}");
+}
+
+#[test]
+fn eval_rejects_a_labels_file_that_does_not_match_the_images() {
+    let dir = Path::new(FASHION_MNIST);
+    let run = edgevit([
+        "eval".as_ref(),
+        "--idx-images".as_ref(),
+        dir.join("t10k-images-idx3-ubyte.gz").as_os_str(),
+        "--idx-labels".as_ref(),
+        dir.join("train-labels-idx1-ubyte.gz").as_os_str(),
+    ]);
+    run.fails_with("idx labels: expected dimensions [10000]");
+}
