@@ -19,6 +19,35 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# NVRTC and the CUDA runtime headers, with which kernels/tests/nvrtc.rs
+# compiles every kernels/cuda/*.cu to PTX for every board (no GPU needed):
+# NVIDIA's wheels from PyPI, pinned, in .venv-cuda/. CUDA 12.9 is the last
+# release whose NVRTC still targets Xavier (compute_72); it knows Thor as
+# compute_101.
+cuda_wheels=(nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79)
+cuda_venv=.venv-cuda
+installed=""
+[ -x "$cuda_venv/bin/python" ] && installed="$("$cuda_venv/bin/python" -m pip list --format=freeze 2>/dev/null || true)"
+for w in "${cuda_wheels[@]}"; do
+  if ! grep -qixF "$w" <<<"$installed"; then
+    echo "tools/test.sh: installing ${cuda_wheels[*]} into $cuda_venv/"
+    [ -x "$cuda_venv/bin/python" ] || python3 -m venv "$cuda_venv" || {
+      echo "tools/test.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2
+      exit 1
+    }
+    "$cuda_venv/bin/python" -m pip install -q --disable-pip-version-check "${cuda_wheels[@]}"
+    break
+  fi
+done
+cuda_site="$("$cuda_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+for f in "$cuda_site/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" "$cuda_site/nvidia/cuda_runtime/include/cuda_fp16.h"; do
+  [ -f "$f" ] || { echo "tools/test.sh: $f is missing; remove $cuda_venv/ and rerun" >&2; exit 1; }
+done
+# cudarc looks for libnvrtc.so.12 among its names; the headers are passed to
+# NVRTC as --include-path.
+export LD_LIBRARY_PATH="$cuda_site/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export EDGEVIT_CUDA_INCLUDE="$cuda_site/nvidia/cuda_runtime/include"
+
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked

@@ -1,2 +1,20 @@
-//! CUDA kernels of edgevit: CUDA C sources under `cuda/`, their launch
-//! wrappers, and a CPU reference of every kernel. It holds no kernel yet.
+//! CUDA kernels of edgevit: the CUDA C sources under `cuda/`, their launch
+//! configurations, an f64 CPU reference of every kernel, the tolerance tiers
+//! their parity tests use, and NVRTC compilation to PTX (loaded at run time,
+//! so everything here builds and runs without CUDA).
+//!
+//! | family | source | kernels | reference |
+//! |---|---|---|---|
+//! | [`ggem`] | `cuda/ggem.cu` | `ggem_f16`, `ggem_f32` | [`ggem_reference`] |
+
+pub mod ggem;
+pub mod nvrtc;
+pub mod tolerance;
+
+pub use ggem::{ggem_reference, launch_config, GgemError, GgemLaunch, GgemShape};
+pub use nvrtc::{CompiledPtx, Nvrtc, NvrtcError};
+pub use tolerance::{Mismatch, Tolerance, ToleranceError};
+
+/// Every CUDA source of the crate as `(file name, source)`, for compiling
+/// them all (tests, prebuilds).
+pub const SOURCES: &[(&str, &str)] = &[(ggem::SOURCE_NAME, ggem::SOURCE)];

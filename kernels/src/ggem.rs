@@ -1,0 +1,615 @@
+//! GGeM (Group Generalized Mean) pooling over tokens: the CUDA source, its
+//! launch configuration and the f64 reference.
+//!
+//! For tokens `x[b, n, c]` with channels split into `G` contiguous groups and
+//! one exponent `p_g >= 1` per group:
+//!
+//! ```text
+//! y[b, c] = ( (1/N) * sum_n max(x[b, n, c], eps) ^ p_g(c) ) ^ (1 / p_g(c))
+//! ```
+//!
+//! The kernels compute `x^p` as `2^(p * log2 x)` in fp32 and carry the sum in
+//! the log domain, as `s * 2^m` with `m` the largest exponent seen, so that
+//! neither large inputs (60000^8 overflows fp32 once summed) nor channels
+//! below eps (eps^8 underflows) lose the result. [`ggem_reference`] uses the
+//! same identity in f64. `cuda/ggem.cu` documents the work split.
+//!
+//! A launch, given a [`GgemLaunch`] from [`launch_config`]:
+//!
+//! ```text
+//! grid = launch.grid, block = launch.block, no dynamic shared memory
+//! args = x, y, p, inv_p, B, N, C, G, eps, launch.vec_tile, launch.rows_per_split,
+//!        workspace (launch.workspace_len f32), counters (launch.counters_len u32)
+//! ```
+//!
+//! `x` must be 16-byte aligned and finite (an infinite input makes NaN).
+//! `inv_p` comes from [`inverse_exponents`]. The counters must be zero before
+//! the first launch; every launch leaves them zero again, so one zeroed
+//! allocation serves every later launch on the same stream. Launches that may
+//! overlap (different streams) need their own workspace and counters.
+
+use thiserror::Error;
+
+/// The CUDA C source of both kernels.
+pub const SOURCE: &str = include_str!("../cuda/ggem.cu");
+
+/// File name of [`SOURCE`], for compiler diagnostics.
+pub const SOURCE_NAME: &str = "ggem.cu";
+
+/// fp16 in, fp16 out, fp32 arithmetic.
+pub const KERNEL_F16: &str = "ggem_f16";
+
+/// fp32 in, fp32 out.
+pub const KERNEL_F32: &str = "ggem_f32";
+
+/// Every kernel defined by [`SOURCE`].
+pub const KERNELS: [&str; 2] = [KERNEL_F16, KERNEL_F32];
+
+/// The clamp floor of the model's GGeM head.
+pub const EPS: f32 = 1e-6;
+
+/// Channels per lane; the group size must be a multiple of it.
+pub const VEC: usize = 8;
+
+/// Most threads per block (`GGEM_MAX_THREADS` in the source).
+pub const MAX_THREADS: u32 = 256;
+
+/// Blocks per SM that [`launch_config`] aims for, splitting the tokens of
+/// each image when the batch alone does not reach it.
+pub const BLOCKS_PER_SM: u32 = 4;
+
+/// Largest grid.y and grid.z a launch may use.
+const MAX_GRID_YZ: usize = 65_535;
+
+/// Why sizes or exponents cannot be pooled.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum GgemError {
+    #[error("expected non-zero sizes but got B = {batch}, N = {tokens}, C = {channels}, G = {groups}")]
+    Empty { batch: usize, tokens: usize, channels: usize, groups: usize },
+    #[error("expected C divisible by G but C = {channels} and G = {groups}")]
+    Groups { channels: usize, groups: usize },
+    #[error(
+        "expected a group size that is a multiple of {VEC} but C / G = {channels} / {groups} = {group_size}"
+    )]
+    GroupSize { channels: usize, groups: usize, group_size: usize },
+    #[error("expected at most {max} for {what} but got {got}")]
+    TooLarge { what: &'static str, max: usize, got: usize },
+    #[error("expected one exponent per group ({groups}) but got {got}")]
+    ExponentCount { groups: usize, got: usize },
+    #[error("expected finite exponents >= 1 but p[{group}] = {value}")]
+    Exponent { group: usize, value: f32 },
+    #[error("expected a finite eps > 0 but got {0}")]
+    Eps(f32),
+    #[error("expected B * N * C = {expected} input elements but got {got}")]
+    InputLength { expected: usize, got: usize },
+}
+
+/// Validated pooling sizes: `batch` images of `tokens` tokens of `channels`
+/// channels in `groups` groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgemShape {
+    pub batch: usize,
+    pub tokens: usize,
+    pub channels: usize,
+    pub groups: usize,
+}
+
+impl GgemShape {
+    /// Checks that the sizes are non-zero, that `C` splits into `G` groups
+    /// whose size is a multiple of 8, and that they fit the kernels' index
+    /// types and grid limits.
+    pub fn new(batch: usize, tokens: usize, channels: usize, groups: usize) -> Result<Self, GgemError> {
+        if batch == 0 || tokens == 0 || channels == 0 || groups == 0 {
+            return Err(GgemError::Empty { batch, tokens, channels, groups });
+        }
+        if channels % groups != 0 {
+            return Err(GgemError::Groups { channels, groups });
+        }
+        let group_size = channels / groups;
+        if group_size % VEC != 0 {
+            return Err(GgemError::GroupSize { channels, groups, group_size });
+        }
+        let int_max = i32::MAX as usize;
+        for (what, max, got) in
+            [("B (grid.z)", MAX_GRID_YZ, batch), ("N", int_max, tokens), ("C", int_max, channels)]
+        {
+            if got > max {
+                return Err(GgemError::TooLarge { what, max, got });
+            }
+        }
+        Ok(Self { batch, tokens, channels, groups })
+    }
+
+    /// Channels per group, a multiple of 8.
+    pub fn group_size(&self) -> usize {
+        self.channels / self.groups
+    }
+
+    /// Elements of the input `[B, N, C]`.
+    pub fn input_len(&self) -> usize {
+        self.batch * self.tokens * self.channels
+    }
+
+    /// Elements of the output `[B, C]`.
+    pub fn output_len(&self) -> usize {
+        self.batch * self.channels
+    }
+
+    /// Checks one exponent per group, each finite and >= 1.
+    pub fn check_exponents(&self, p: &[f32]) -> Result<(), GgemError> {
+        if p.len() != self.groups {
+            return Err(GgemError::ExponentCount { groups: self.groups, got: p.len() });
+        }
+        match p.iter().position(|v| !(v.is_finite() && *v >= 1.0)) {
+            Some(group) => Err(GgemError::Exponent { group, value: p[group] }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// `1 / p` per group, the kernels' `inv_p` argument.
+pub fn inverse_exponents(p: &[f32]) -> Vec<f32> {
+    p.iter().map(|v| 1.0 / v).collect()
+}
+
+/// Grid, block and buffer sizes of one launch of [`KERNEL_F16`] or
+/// [`KERNEL_F32`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgemLaunch {
+    /// `[channel tiles, token splits, batch]`.
+    pub grid: [u32; 3],
+    /// `[vec_tile * row_walkers, 1, 1]`.
+    pub block: [u32; 3],
+    /// Lanes per row walker, each loading 8 channels: a walker covers
+    /// `8 * vec_tile` channels of a token row.
+    pub vec_tile: u32,
+    /// Row walkers per block, each walking every `row_walkers`-th token.
+    pub row_walkers: u32,
+    /// Tokens per split; the last split may have fewer, none has zero.
+    pub rows_per_split: u32,
+    /// f32 elements of the workspace, `B * splits * 2 * C`; zero (pass null)
+    /// with a single split.
+    pub workspace_len: usize,
+    /// u32 elements of the counters, `B * channel tiles`; zero (pass null)
+    /// with a single split.
+    pub counters_len: usize,
+}
+
+impl GgemLaunch {
+    pub fn channel_tiles(&self) -> u32 {
+        self.grid[0]
+    }
+
+    pub fn splits(&self) -> u32 {
+        self.grid[1]
+    }
+
+    pub fn threads_per_block(&self) -> u32 {
+        self.block[0]
+    }
+
+    pub fn blocks(&self) -> u64 {
+        self.grid.iter().map(|&g| u64::from(g)).product()
+    }
+}
+
+/// The launch of GGeM over `[b, n, c]` in `groups` groups on a GPU with
+/// `sm_count` multiprocessors (0 is taken as 1).
+///
+/// A block has at most [`MAX_THREADS`] lanes of 8 channels, so it spans up to
+/// 2048 channels of a row; wider rows are cut into equal channel tiles, and
+/// narrower ones leave room for several row walkers per block. The tokens of
+/// each image are then split across blocks until the grid holds about
+/// [`BLOCKS_PER_SM`] blocks per SM, so batch 1 still reaches every SM, but
+/// never so far that a row walker would be left without a token.
+pub fn launch_config(
+    b: usize,
+    n: usize,
+    c: usize,
+    groups: usize,
+    sm_count: u32,
+) -> Result<GgemLaunch, GgemError> {
+    let shape = GgemShape::new(b, n, c, groups)?;
+    Ok(shape_launch(&shape, sm_count))
+}
+
+fn shape_launch(shape: &GgemShape, sm_count: u32) -> GgemLaunch {
+    let max_threads = MAX_THREADS as usize;
+    let vecs = shape.channels / VEC;
+    let tiles = vecs.div_ceil(max_threads);
+    let vec_tile = vecs.div_ceil(tiles);
+    let row_walkers = (max_threads / vec_tile).max(1);
+    let threads = vec_tile * row_walkers;
+
+    let per_split = shape.batch * tiles;
+    let target = sm_count.max(1) as usize * BLOCKS_PER_SM as usize;
+    let wanted = target.div_ceil(per_split);
+    let most = shape.tokens.div_ceil(row_walkers).min(MAX_GRID_YZ);
+    let rows_per_split = shape.tokens.div_ceil(wanted.clamp(1, most));
+    let splits = shape.tokens.div_ceil(rows_per_split);
+
+    let (workspace_len, counters_len) =
+        if splits > 1 { (shape.batch * splits * 2 * shape.channels, per_split) } else { (0, 0) };
+    // Every cast below is bounded: tiles and vec_tile by C / 8 < 2^31,
+    // threads by MAX_THREADS, splits by MAX_GRID_YZ and B by GgemShape::new.
+    GgemLaunch {
+        grid: [tiles as u32, splits as u32, shape.batch as u32],
+        block: [threads as u32, 1, 1],
+        vec_tile: vec_tile as u32,
+        row_walkers: row_walkers as u32,
+        rows_per_split: rows_per_split as u32,
+        workspace_len,
+        counters_len,
+    }
+}
+
+/// GGeM of `x` (`[b, n, c]`, row-major) in f64, the ground truth of the
+/// kernels. `p` holds one exponent per group (its length is `G`) and `eps` is
+/// the clamp floor; both are taken at their f32 values, as the kernels see
+/// them. Returns `y` as `[b, c]`.
+///
+/// Per channel, with `t_n = p * log2(max(x_n, eps))` and `M = max_n t_n`:
+/// `y = 2^((M + log2(sum_n 2^(t_n - M)) - log2 N) / p)`, which is the
+/// definition rewritten so that no power overflows or underflows.
+pub fn ggem_reference(
+    x: &[f32],
+    b: usize,
+    n: usize,
+    c: usize,
+    p: &[f32],
+    eps: f32,
+) -> Result<Vec<f64>, GgemError> {
+    let shape = GgemShape::new(b, n, c, p.len())?;
+    shape.check_exponents(p)?;
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(GgemError::Eps(eps));
+    }
+    if x.len() != shape.input_len() {
+        return Err(GgemError::InputLength { expected: shape.input_len(), got: x.len() });
+    }
+
+    let group_size = shape.group_size();
+    let eps = f64::from(eps);
+    let log2_n = (n as f64).log2();
+    let mut y = vec![0.0; shape.output_len()];
+    let mut t = vec![0.0f64; n];
+    for (image, out) in x.chunks_exact(n * c).zip(y.chunks_exact_mut(c)) {
+        for (ch, y) in out.iter_mut().enumerate() {
+            let pg = f64::from(p[ch / group_size]);
+            for (tok, t) in t.iter_mut().enumerate() {
+                *t = pg * f64::from(image[tok * c + ch]).max(eps).log2();
+            }
+            let m = t.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let s: f64 = t.iter().map(|t| (t - m).exp2()).sum();
+            *y = ((m + s.log2() - log2_n) / pg).exp2();
+        }
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tolerance;
+
+    /// A small xorshift generator: the tests need varied inputs, not
+    /// statistical quality.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next_u32(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+
+        /// Uniform in [lo, hi).
+        fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+            lo + (hi - lo) * (self.next_u32() as f32 / 4_294_967_296.0)
+        }
+    }
+
+    /// The definition, computed directly in f64. Fine for inputs whose
+    /// powers stay within f64's range.
+    fn direct(x: &[f32], b: usize, n: usize, c: usize, p: &[f32], eps: f32) -> Vec<f64> {
+        let gs = c / p.len();
+        let mut y = vec![0.0; b * c];
+        for bi in 0..b {
+            for ch in 0..c {
+                let pg = f64::from(p[ch / gs]);
+                let sum: f64 =
+                    (0..n).map(|ni| f64::from(x[(bi * n + ni) * c + ch]).max(f64::from(eps)).powf(pg)).sum();
+                y[bi * c + ch] = (sum / n as f64).powf(1.0 / pg);
+            }
+        }
+        y
+    }
+
+    /// The kernels' algorithm in f32, block by block as `launch` splits the
+    /// work: row walkers with GGEM_UNROLL-row chunks, the in-block merge, the
+    /// split merge in split order and the root. It checks the launch
+    /// configuration covers every element once and that the log-domain
+    /// arithmetic holds in f32.
+    fn emulate(x: &[f32], shape: &GgemShape, p: &[f32], eps: f32, launch: &GgemLaunch) -> Vec<f32> {
+        const UNROLL: usize = 4; // GGEM_UNROLL
+        fn merge(m: &mut f32, s: &mut f32, m2: f32, s2: f32) {
+            let (hi, lo) = (m.max(m2), m.min(m2));
+            let scale = if lo == f32::NEG_INFINITY { 0.0 } else { (lo - hi).exp2() };
+            *s = if *m >= m2 { s2.mul_add(scale, *s) } else { s.mul_add(scale, s2) };
+            *m = hi;
+        }
+        let (n, c) = (shape.tokens, shape.channels);
+        let gs = shape.group_size();
+        let inv_p = inverse_exponents(p);
+        let vec_tile = launch.vec_tile as usize;
+        let walkers = launch.row_walkers as usize;
+        let rps = launch.rows_per_split as usize;
+        let log2_n = (n as f32).log2();
+        let mut y = vec![f32::NAN; shape.output_len()];
+        let mut seen = vec![0u32; shape.batch * n * c];
+        for b in 0..shape.batch {
+            for tile in 0..launch.channel_tiles() as usize {
+                let mut splits = Vec::new();
+                for split in 0..launch.splits() as usize {
+                    let (n0, n1) = (split * rps, ((split + 1) * rps).min(n));
+                    assert!(n0 < n1, "split {split} is empty: {launch:?}");
+                    // Per walker and channel of the tile: (m, s).
+                    let mut pairs = vec![(f32::NEG_INFINITY, 0.0f32); walkers * vec_tile * VEC];
+                    for w in 0..walkers {
+                        for lane in 0..vec_tile {
+                            let vec = tile * vec_tile + lane;
+                            if vec >= c / VEC {
+                                continue;
+                            }
+                            let pg = p[vec * VEC / gs];
+                            let mut tok = n0 + w;
+                            while tok < n1 {
+                                for k in 0..VEC {
+                                    let ch = vec * VEC + k;
+                                    let t: Vec<f32> = (0..UNROLL)
+                                        .map(|u| tok + u * walkers)
+                                        .filter(|&nu| nu < n1)
+                                        .map(|nu| {
+                                            seen[(b * n + nu) * c + ch] += 1;
+                                            pg * x[(b * n + nu) * c + ch].max(eps).log2()
+                                        })
+                                        .collect();
+                                    let mc = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                                    let sc: f32 = t.iter().map(|t| (t - mc).exp2()).sum();
+                                    let (m, s) = &mut pairs[(w * vec_tile + lane) * VEC + k];
+                                    merge(m, s, mc, sc);
+                                }
+                                tok += walkers * UNROLL;
+                            }
+                        }
+                    }
+                    let mut block = Vec::new();
+                    for i in 0..vec_tile * VEC {
+                        let (mut m, mut s) = pairs[i];
+                        for w in 1..walkers {
+                            let (m2, s2) = pairs[w * vec_tile * VEC + i];
+                            merge(&mut m, &mut s, m2, s2);
+                        }
+                        block.push((m, s));
+                    }
+                    splits.push(block);
+                }
+                for i in 0..vec_tile * VEC {
+                    let ch = tile * vec_tile * VEC + i;
+                    if ch >= c {
+                        break;
+                    }
+                    let (mut m, mut s) = splits[0][i];
+                    for other in &splits[1..] {
+                        merge(&mut m, &mut s, other[i].0, other[i].1);
+                    }
+                    y[b * c + ch] = ((m + s.log2() - log2_n) * inv_p[ch / gs]).exp2();
+                }
+            }
+        }
+        assert!(seen.iter().all(|&k| k == 1), "every input element must be read exactly once: {launch:?}");
+        y
+    }
+
+    fn check_launch_invariants(shape: &GgemShape, sm_count: u32) {
+        let l = shape_launch(shape, sm_count);
+        let what = format!("{shape:?} on {sm_count} SMs: {l:?}");
+        let vecs = shape.channels / VEC;
+        let (tiles, splits) = (l.channel_tiles() as usize, l.splits() as usize);
+        let (vec_tile, rps) = (l.vec_tile as usize, l.rows_per_split as usize);
+
+        assert!(l.threads_per_block() >= 1 && l.threads_per_block() <= MAX_THREADS, "{what}");
+        assert_eq!(l.threads_per_block(), l.vec_tile * l.row_walkers, "{what}");
+        assert_eq!(l.block[1..], [1, 1], "{what}");
+        // Channel tiles cover every 8-channel vector, with no empty tile.
+        assert!(tiles * vec_tile >= vecs && (tiles - 1) * vec_tile < vecs, "{what}");
+        // Splits cover every token, with no empty split.
+        assert!(splits * rps >= shape.tokens && (splits - 1) * rps < shape.tokens, "{what}");
+        // No row walker is left idle by the split, unless N itself is short.
+        assert!(rps >= shape.tokens.min(l.row_walkers as usize), "{what}");
+        assert!(splits <= MAX_GRID_YZ && shape.batch <= MAX_GRID_YZ, "{what}");
+        assert_eq!(l.grid[2] as usize, shape.batch, "{what}");
+        if splits > 1 {
+            assert_eq!(l.workspace_len, shape.batch * splits * 2 * shape.channels, "{what}");
+            assert_eq!(l.counters_len, shape.batch * tiles, "{what}");
+        } else {
+            assert_eq!((l.workspace_len, l.counters_len), (0, 0), "{what}");
+        }
+        // The grid reaches the block target whenever the tokens allow (up to
+        // the rounding of rows_per_split) and overshoots it by less than one
+        // round of splits.
+        let target = u64::from(sm_count.max(1)) * u64::from(BLOCKS_PER_SM);
+        let per_split = (shape.batch * tiles) as u64;
+        let most = shape.tokens.div_ceil(l.row_walkers as usize).min(MAX_GRID_YZ) as u64;
+        assert!(2 * l.blocks() >= target.min(per_split * most), "{what}");
+        assert!(splits == 1 || l.blocks() < target + per_split, "{what}");
+    }
+
+    #[test]
+    fn constants_match_the_source() {
+        for (define, value) in
+            [("GGEM_MAX_THREADS", MAX_THREADS as usize), ("GGEM_VEC", VEC), ("GGEM_UNROLL", 4)]
+        {
+            let line = format!("#define {define} {value}\n");
+            assert!(SOURCE.contains(&line), "ggem.cu lacks `{}`", line.trim());
+        }
+        for kernel in KERNELS {
+            assert!(
+                SOURCE.contains(&format!("__global__ void __launch_bounds__(GGEM_MAX_THREADS) {kernel}("))
+            );
+        }
+    }
+
+    #[test]
+    fn launch_config_invariants_hold_over_many_shapes() {
+        for &(b, n, c, g) in &[
+            (1, 196, 192, 3),
+            (1, 197, 384, 6),
+            (64, 196, 768, 12),
+            (1, 1, 8, 1),
+            (1, 7, 8, 1),
+            (2, 3, 4096, 8),
+            (3, 1000, 2056, 257),
+            (1, 100_000, 16, 2),
+            (65_535, 2, 64, 8),
+            (7, 50, 2048, 256),
+            (1, 4096, 16_384, 1),
+        ] {
+            let shape = GgemShape::new(b, n, c, g).unwrap();
+            for sm in [0, 1, 8, 16, 132, 1000] {
+                check_launch_invariants(&shape, sm);
+            }
+        }
+    }
+
+    #[test]
+    fn batch_one_fills_the_sms() {
+        // ViT-Ti on a 132-SM H200: tokens cap the split at one per walker.
+        let l = launch_config(1, 196, 192, 3, 132).unwrap();
+        assert_eq!((l.vec_tile, l.row_walkers, l.block[0]), (24, 10, 240));
+        assert_eq!(l.splits(), 20, "{l:?}");
+        // ViT-B on Orin: 64 blocks wanted, rows_per_split rounds 196 / 64 up.
+        let l = launch_config(1, 196, 768, 12, 16).unwrap();
+        assert_eq!((l.block[0], l.rows_per_split, l.splits()), (192, 4, 49), "{l:?}");
+        // A large batch needs no split.
+        let l = launch_config(1024, 196, 768, 12, 16).unwrap();
+        assert_eq!((l.splits(), l.workspace_len, l.counters_len), (1, 0, 0));
+    }
+
+    #[test]
+    fn wide_rows_are_cut_into_equal_tiles() {
+        let l = launch_config(1, 196, 4104, 513, 132).unwrap();
+        assert_eq!((l.channel_tiles(), l.vec_tile, l.row_walkers), (3, 171, 1));
+    }
+
+    #[test]
+    fn shape_validation_names_the_problem() {
+        let err = GgemShape::new(1, 196, 190, 3).unwrap_err();
+        assert_eq!(err.to_string(), "expected C divisible by G but C = 190 and G = 3");
+        let err = GgemShape::new(1, 196, 192, 16).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "expected a group size that is a multiple of 8 but C / G = 192 / 16 = 12"
+        );
+        assert!(matches!(GgemShape::new(0, 1, 8, 1), Err(GgemError::Empty { .. })));
+        assert!(matches!(GgemShape::new(65_536, 1, 8, 1), Err(GgemError::TooLarge { .. })));
+        let shape = GgemShape::new(1, 4, 16, 2).unwrap();
+        assert_eq!(
+            shape.check_exponents(&[1.0]).unwrap_err().to_string(),
+            "expected one exponent per group (2) but got 1"
+        );
+        assert_eq!(
+            shape.check_exponents(&[3.0, 0.5]).unwrap_err().to_string(),
+            "expected finite exponents >= 1 but p[1] = 0.5"
+        );
+        assert!(shape.check_exponents(&[3.0, f32::NAN]).is_err());
+        assert!(shape.check_exponents(&[1.0, 8.0]).is_ok());
+        assert_eq!(
+            ggem_reference(&[1.0; 3], 1, 4, 16, &[1.0, 2.0], EPS).unwrap_err(),
+            GgemError::InputLength { expected: 64, got: 3 }
+        );
+        assert_eq!(ggem_reference(&[1.0; 64], 1, 4, 16, &[1.0, 2.0], 0.0).unwrap_err(), GgemError::Eps(0.0));
+    }
+
+    #[test]
+    fn reference_matches_the_definition() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (b, n, c) = (2, 37, 48);
+        let x: Vec<f32> = (0..b * n * c).map(|_| rng.uniform(-2.0, 6.0)).collect();
+        let p = [1.0, 2.5, 3.0, 4.0, 6.0, 8.0];
+        let y = ggem_reference(&x, b, n, c, &p, EPS).unwrap();
+        let d = direct(&x, b, n, c, &p, EPS);
+        Tolerance::Close.check(&y, &d, &[b, c]).unwrap();
+        for (a, e) in y.iter().zip(&d) {
+            assert!((a - e).abs() <= 1e-12 * e.abs(), "{a} vs {e}");
+        }
+    }
+
+    #[test]
+    fn reference_special_values() {
+        // p = 1 is the mean of the clamped values; a constant channel pools
+        // to itself; a channel entirely below eps pools to eps.
+        let x =
+            [[1.0, 4.0, -3.0, 1e-9, 0.0, 0.0, 0.0, 0.0], [5.0, 4.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]].concat();
+        let y = ggem_reference(&x, 1, 2, 8, &[1.0], EPS).unwrap();
+        let eps = f64::from(EPS);
+        assert!((y[0] - 3.0).abs() < 1e-12, "{y:?}");
+        assert!((y[1] - 4.0).abs() < 1e-12, "{y:?}");
+        assert!((y[2] - eps).abs() < 1e-18, "{y:?}");
+        assert!((y[3] - eps).abs() < 1e-18, "{y:?}");
+        let y = ggem_reference(&[0.0; 64], 1, 8, 8, &[8.0], EPS).unwrap();
+        assert!(y.iter().all(|v| (v - eps).abs() < 1e-18), "{y:?}");
+    }
+
+    #[test]
+    fn reference_survives_powers_beyond_f64() {
+        // f32::MAX^9 overflows f64, so the definition cannot be evaluated
+        // directly; that token dominates the sum, so y = MAX * 196^(-1/9).
+        let n = 196;
+        let mut x = vec![60_000.0f32; n * 8];
+        x[5 * 8] = f32::MAX;
+        let y = ggem_reference(&x, 1, n, 8, &[9.0], EPS).unwrap();
+        let expect = f64::from(f32::MAX) * (n as f64).powf(-1.0 / 9.0);
+        assert!((y[0] - expect).abs() <= 1e-12 * expect, "{} vs {expect}", y[0]);
+        assert!(y[1..].iter().all(|&v| (v - 60_000.0).abs() < 1e-9), "{y:?}");
+    }
+
+    /// The f32 emulation of the kernels against the reference, on the shapes
+    /// the GPU harness runs and on extremes: inputs up to 60000, negatives,
+    /// channels entirely below eps, p from 1 to 8.
+    #[test]
+    fn kernel_algorithm_matches_reference() {
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for &(b, n, c, g, sm) in &[
+            (1, 196, 192, 3, 132),
+            (1, 197, 384, 6, 132),
+            (2, 196, 768, 12, 16),
+            (2, 197, 384, 48, 132),
+            (1, 5, 4104, 513, 8),
+            (1, 1, 8, 1, 132),
+        ] {
+            let shape = GgemShape::new(b, n, c, g).unwrap();
+            let p: Vec<f32> = (0..g).map(|i| 1.0 + 7.0 * i as f32 / (g - 1).max(1) as f32).collect();
+            let mut x: Vec<f32> = (0..b * n * c).map(|_| rng.uniform(-1.0, 4.0)).collect();
+            for bi in 0..b {
+                for ni in 0..n {
+                    let row = &mut x[(bi * n + ni) * c..][..c];
+                    // Channel 0: large values; channel 1: all below eps;
+                    // channel 2: negatives with one huge outlier token.
+                    row[0] = rng.uniform(30_000.0, 60_000.0);
+                    row[1] = rng.uniform(-1.0, 9e-7);
+                    row[2] = if ni == n / 2 { 60_000.0 } else { -rng.uniform(0.0, 5.0) };
+                }
+            }
+            let launch = shape_launch(&shape, sm);
+            let got = emulate(&x, &shape, &p, EPS, &launch);
+            assert!(got.iter().all(|v| v.is_finite()), "{shape:?}: {got:?}");
+            let got: Vec<f64> = got.into_iter().map(f64::from).collect();
+            let want = ggem_reference(&x, b, n, c, &p, EPS).unwrap();
+            if let Err(e) = Tolerance::Close.check(&got, &want, &[b, c]) {
+                panic!("{launch:?}: {e}");
+            }
+        }
+    }
+}

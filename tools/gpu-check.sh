@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# GPU check of edgevit's CUDA kernels, in one call on a machine with an NVIDIA
+# GPU, its driver, PyTorch with CUDA, and nvcc or NVRTC. Needs no Rust and no
+# network: it runs tools/gpu/ggem_check.py, which compiles kernels/cuda/ggem.cu
+# for the GPU at hand, checks ggem_f16 and ggem_f32 against a float64
+# reference (fresh random inputs, extremes, poisoned outputs, relaunch without
+# memset), then times them against a device-to-device copy of the same bytes
+# and the same pooling in PyTorch, and ends with a table. About a minute.
+#
+#   tools/gpu-check.sh [ggem_check.py options]    # e.g. --compiler nvrtc
+#
+# Results and the log go to $OUT when set, else out/gpu-check/. PYTHON picks
+# the interpreter (default python3). Exit status: 0 all checks passed, 1 a
+# check failed, 2 this machine cannot run the checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+die() {
+  echo "tools/gpu-check.sh: $*" >&2
+  exit 2
+}
+
+out="${OUT:-out/gpu-check}"
+python="${PYTHON:-python3}"
+[ -d /usr/local/cuda/bin ] && export PATH="$PATH:/usr/local/cuda/bin"
+
+command -v nvidia-smi >/dev/null || die "nvidia-smi not found: this check needs an NVIDIA GPU and its driver"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv,noheader ||
+  die "nvidia-smi cannot query the GPU"
+command -v "$python" >/dev/null || die "$python not found (set PYTHON)"
+"$python" - <<'EOF' || die "$python has no PyTorch with a usable CUDA device (set PYTHON)"
+import sys
+import torch
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, devices {torch.cuda.device_count()}")
+sys.exit(0 if torch.cuda.is_available() else 1)
+EOF
+if command -v nvcc >/dev/null; then
+  nvcc --version | tail -n 1
+else
+  echo "nvcc not found: compiling with NVRTC"
+fi
+
+mkdir -p "$out"
+# The check is sized to finish in about a minute; the timeout only stops a
+# hung GPU from holding the machine.
+status=0
+timeout 300 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
+case $status in
+  0) echo "tools/gpu-check.sh: all checks passed; results in $out/" ;;
+  124) echo "tools/gpu-check.sh: timed out after 300 s" >&2 ;;
+  *) echo "tools/gpu-check.sh: failed (exit $status); log in $out/ggem_check.log" >&2 ;;
+esac
+exit $status
