@@ -1,6 +1,10 @@
 """Test fixtures for the Rust suite, written under tests/data/:
 
   preprocess/   images and the tensors models/export/preprocess.py makes of them
+  ggem/         a PyTorch GGeM module written the obvious way, exported by plain
+                torch.onnx.export at opsets 14 to 18, static and dynamic batch,
+                with and without constant folding; plus near misses the fusion
+                must leave alone
   timm-vit/     a timm ViT exported by plain torch.onnx.export (random weights,
                 2 blocks instead of 12 to stay small, dynamic batch), an RGB
                 test image and onnxruntime's logits for it
@@ -77,6 +81,64 @@ def timm_vit():
                                                     "onnxruntime": ort.__version__}, indent=1) + "\n")
 
 
+class GeMGroups(torch.nn.Module):
+    """GGeM as a user would write it: p per group, expanded to channels in forward."""
+
+    def __init__(self, dim, groups, eps=1e-6, expand="repeat", data_p=False):
+        super().__init__()
+        self.groups, self.eps, self.expand, self.data_p = groups, eps, expand, data_p
+        self.p = torch.nn.Parameter(torch.linspace(1.5, 4.0, groups))
+
+    def forward(self, x):
+        c = x.shape[-1]
+        if self.expand == "repeat":
+            p = self.p.repeat_interleave(c // self.groups)
+        else:
+            p = self.p.view(self.groups, 1).expand(self.groups, c // self.groups).reshape(c)
+        if self.data_p:
+            p = p + x.abs().mean()
+        return x.clamp(min=self.eps).pow(p).mean(dim=1).pow(1.0 / p)
+
+
+class TinyHead(torch.nn.Module):
+    """tokens [B, N, 16] -> linear -> GGeM over tokens 1.. -> linear -> 5 logits."""
+
+    def __init__(self, **ggem):
+        super().__init__()
+        self.proj = torch.nn.Linear(16, 32)
+        self.pool = GeMGroups(32, 4, **ggem)
+        self.head = torch.nn.Linear(32, 5)
+
+    def forward(self, x):
+        x = self.proj(x)
+        return self.head(self.pool(x[:, 1:]))
+
+
+def ggem_exports():
+    out = DATA / "ggem"
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.onnx"):
+        old.unlink()
+    torch.manual_seed(0)
+    index = []
+    cases = [(f"opset{o}-{b}-{e}{'-folded' if f else ''}", dict(), o, b, f, e, True)
+             for o in (14, 16, 17, 18) for b in ("static", "dynamic") for f in (True, False)
+             for e in ("repeat", "expand") if not (o == 16 and e == "expand")]
+    cases += [("near-miss-eps-zero", dict(eps=0.0), 17, "static", True, "repeat", False),
+              ("near-miss-data-exponents", dict(data_p=True), 17, "static", True, "repeat", False)]
+    for name, extra, opset, batch, fold, expand, fuses in cases:
+        model = TinyHead(expand=expand, **extra).eval()
+        buf = io.BytesIO()
+        dynamic = {"tokens": {0: "batch"}, "logits": {0: "batch"}} if batch == "dynamic" else None
+        torch.onnx.export(model, torch.randn(2, 9, 16), buf, opset_version=opset, dynamo=False,
+                          do_constant_folding=fold, input_names=["tokens"], output_names=["logits"],
+                          dynamic_axes=dynamic)
+        (out / f"{name}.onnx").write_bytes(buf.getvalue())
+        index.append(dict(file=f"{name}.onnx", shape=[2, 9, 16], fuses=fuses))
+    (out / "cases.json").write_text(json.dumps(index, indent=1) + "\n")
+
+
 if __name__ == "__main__":
+    ggem_exports()
     preprocess_cases()
     timm_vit()

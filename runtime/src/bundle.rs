@@ -37,17 +37,9 @@ pub enum BundleError {
     #[error("{MANIFEST} is not valid: {0}")]
     BadManifest(String),
     #[error("{file}: expected {expected} bytes but bundle has {found}")]
-    Size {
-        file: String,
-        expected: u64,
-        found: u64,
-    },
+    Size { file: String, expected: u64, found: u64 },
     #[error("{file}: expected sha256 {expected} but bundle has {found}")]
-    Digest {
-        file: String,
-        expected: String,
-        found: String,
-    },
+    Digest { file: String, expected: String, found: String },
     #[error("{0}: listed in {MANIFEST} but missing")]
     Missing(String),
     #[error("{0}: not a plain relative path inside the bundle")]
@@ -122,10 +114,9 @@ pub fn safe_relative_path(name: &str) -> Result<String, BundleError> {
     let mut parts = Vec::new();
     for c in path.components() {
         match c {
-            Component::Normal(p) => parts.push(
-                p.to_str()
-                    .ok_or_else(|| BundleError::UnsafePath(name.into()))?,
-            ),
+            Component::Normal(p) => {
+                parts.push(p.to_str().ok_or_else(|| BundleError::UnsafePath(name.into()))?)
+            }
             Component::CurDir => {}
             _ => return Err(BundleError::UnsafePath(name.into())),
         }
@@ -137,17 +128,12 @@ pub fn safe_relative_path(name: &str) -> Result<String, BundleError> {
 }
 
 fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
     if !meta.is_file() {
         anyhow::bail!("{}: expected a regular file", path.display());
     }
     if meta.len() > cap {
-        anyhow::bail!(
-            "{}: expected at most {cap} bytes but it has {}",
-            path.display(),
-            meta.len()
-        );
+        anyhow::bail!("{}: expected at most {cap} bytes but it has {}", path.display(), meta.len());
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     std::fs::File::open(path)
@@ -161,15 +147,9 @@ impl RawBundle {
     pub fn from_dir(dir: &Path) -> Result<RawBundle> {
         let manifest = read_capped(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?;
         let sig_path = dir.join(SIGNATURE);
-        let signature = if sig_path.exists() {
-            Some(read_capped(&sig_path, 4096)?)
-        } else {
-            None
-        };
+        let signature = if sig_path.exists() { Some(read_capped(&sig_path, 4096)?) } else { None };
         // Only the files the manifest lists are read, each capped by its declared size.
-        let listed = parse_manifest(&manifest)
-            .map(|m| m.files)
-            .unwrap_or_default();
+        let listed = parse_manifest(&manifest).map(|m| m.files).unwrap_or_default();
         let mut files = BTreeMap::new();
         for (name, entry) in &listed {
             let rel = safe_relative_path(name)?;
@@ -182,45 +162,33 @@ impl RawBundle {
                 return Err(BundleError::Inconsistent(rel, "a regular file".into()).into());
             }
             if meta.len() != entry.size {
-                return Err(BundleError::Size {
-                    file: rel,
-                    expected: entry.size,
-                    found: meta.len(),
-                }
-                .into());
+                return Err(BundleError::Size { file: rel, expected: entry.size, found: meta.len() }.into());
             }
             files.insert(rel, read_capped(&path, entry.size.min(MAX_FILE_BYTES))?);
         }
-        Ok(RawBundle {
-            manifest,
-            signature,
-            files,
-        })
+        Ok(RawBundle { manifest, signature, files })
     }
 
     /// Reads a bundle packed as a tar: regular files and directories only.
     pub fn from_tar(path: &Path) -> Result<RawBundle> {
-        let file = std::fs::File::open(path)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
         let mut archive = tar::Archive::new(file);
         let mut files = BTreeMap::new();
         let mut total = 0u64;
-        for entry in archive
-            .entries()
-            .with_context(|| format!("{}: not a tar archive", path.display()))?
-        {
-            let mut entry =
-                entry.with_context(|| format!("{}: corrupt tar archive", path.display()))?;
+        for entry in archive.entries().with_context(|| format!("{}: not a tar archive", path.display()))? {
+            let mut entry = entry.with_context(|| format!("{}: corrupt tar archive", path.display()))?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
             let kind = entry.header().entry_type();
             if kind.is_dir() {
-                safe_relative_path(&name).or_else(|e| {
-                    if name == "./" {
-                        Ok(String::new())
-                    } else {
-                        Err(e)
-                    }
-                })?;
+                safe_relative_path(&name).or_else(
+                    |e| {
+                        if name == "./" {
+                            Ok(String::new())
+                        } else {
+                            Err(e)
+                        }
+                    },
+                )?;
                 continue;
             }
             if !kind.is_file() {
@@ -234,10 +202,7 @@ impl RawBundle {
             let size = entry.size();
             total += size;
             if total > MAX_FILE_BYTES {
-                anyhow::bail!(
-                    "{}: expected at most {MAX_FILE_BYTES} bytes of payload",
-                    path.display()
-                );
+                anyhow::bail!("{}: expected at most {MAX_FILE_BYTES} bytes of payload", path.display());
             }
             let mut bytes = Vec::with_capacity(size as usize);
             entry
@@ -252,15 +217,9 @@ impl RawBundle {
                 return Err(BundleError::Inconsistent(rel, "one entry per path".into()).into());
             }
         }
-        let manifest = files
-            .remove(MANIFEST)
-            .ok_or_else(|| BundleError::Missing(MANIFEST.into()))?;
+        let manifest = files.remove(MANIFEST).ok_or_else(|| BundleError::Missing(MANIFEST.into()))?;
         let signature = files.remove(SIGNATURE);
-        Ok(RawBundle {
-            manifest,
-            signature,
-            files,
-        })
+        Ok(RawBundle { manifest, signature, files })
     }
 
     /// A bundle from bytes already in memory (the embedded default).
@@ -268,20 +227,12 @@ impl RawBundle {
         RawBundle {
             manifest: manifest.to_vec(),
             signature: Some(signature.to_vec()),
-            files: files
-                .iter()
-                .map(|(n, b)| (n.to_string(), b.to_vec()))
-                .collect(),
+            files: files.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect(),
         }
     }
 
     /// Checks signature, manifest and every file; on success the bundle is usable.
-    pub fn verify(
-        self,
-        origin: String,
-        trust: &TrustStore,
-        policy: SignaturePolicy,
-    ) -> Result<Bundle> {
+    pub fn verify(self, origin: String, trust: &TrustStore, policy: SignaturePolicy) -> Result<Bundle> {
         let signature = match policy {
             SignaturePolicy::Skip => {
                 log::warn!("bundle {origin}: signature check skipped on request");
@@ -289,15 +240,11 @@ impl RawBundle {
             }
             SignaturePolicy::Require => {
                 if trust.is_empty() {
-                    return Err(
-                        BundleError::NoTrustedKeys(crate::keys::DEFAULT_TRUST_DIR.into()).into(),
-                    );
+                    return Err(BundleError::NoTrustedKeys(crate::keys::DEFAULT_TRUST_DIR.into()).into());
                 }
                 let sig = self.signature.as_deref().ok_or(BundleError::Unsigned)?;
                 let sig = parse_signature(sig)?;
-                let key = trust
-                    .verify(&self.manifest, &sig)
-                    .ok_or(BundleError::BadSignature(trust.len()))?;
+                let key = trust.verify(&self.manifest, &sig).ok_or(BundleError::BadSignature(trust.len()))?;
                 Some(format!("{key:?}"))
             }
         };
@@ -306,25 +253,17 @@ impl RawBundle {
         let mut files = self.files;
         for (name, entry) in &manifest.files {
             let rel = safe_relative_path(name)?;
-            let bytes = files
-                .get(&rel)
-                .ok_or_else(|| BundleError::Missing(rel.clone()))?;
+            let bytes = files.get(&rel).ok_or_else(|| BundleError::Missing(rel.clone()))?;
             if bytes.len() as u64 != entry.size {
-                return Err(BundleError::Size {
-                    file: rel,
-                    expected: entry.size,
-                    found: bytes.len() as u64,
-                }
-                .into());
+                return Err(
+                    BundleError::Size { file: rel, expected: entry.size, found: bytes.len() as u64 }.into()
+                );
             }
             let digest = sha256_hex(bytes);
             if digest != entry.sha256 {
-                return Err(BundleError::Digest {
-                    file: rel,
-                    expected: entry.sha256.clone(),
-                    found: digest,
-                }
-                .into());
+                return Err(
+                    BundleError::Digest { file: rel, expected: entry.sha256.clone(), found: digest }.into()
+                );
             }
         }
         files.retain(|name, _| manifest.files.contains_key(name));
@@ -332,10 +271,7 @@ impl RawBundle {
             origin,
             manifest,
             manifest_bytes: self.manifest,
-            verified: Verified {
-                signature,
-                payload: true,
-            },
+            verified: Verified { signature, payload: true },
             files,
         };
         bundle.check_contents()?;
@@ -351,8 +287,8 @@ fn parse_signature(bytes: &[u8]) -> Result<Signature> {
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| BundleError::BadManifest("expected UTF-8 text".into()))?;
+    let text =
+        std::str::from_utf8(bytes).map_err(|_| BundleError::BadManifest("expected UTF-8 text".into()))?;
     toml::from_str(text).map_err(|e| BundleError::BadManifest(e.message().to_string()))
 }
 
@@ -360,10 +296,7 @@ pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {
 fn check_manifest(m: &Manifest) -> Result<(), BundleError> {
     let bad = |what: &str| Err(BundleError::BadManifest(what.into()));
     if m.format != FORMAT {
-        return bad(&format!(
-            "expected format {FORMAT} but manifest has {}",
-            m.format
-        ));
+        return bad(&format!("expected format {FORMAT} but manifest has {}", m.format));
     }
     if m.name.is_empty() || m.compatible.is_empty() {
         return bad("expected a name and at least one compatible board family");
@@ -376,10 +309,7 @@ fn check_manifest(m: &Manifest) -> Result<(), BundleError> {
         ));
     }
     if i.channels != 1 && i.channels != 3 {
-        return bad(&format!(
-            "expected 1 or 3 input channels but manifest has {}",
-            i.channels
-        ));
+        return bad(&format!("expected 1 or 3 input channels but manifest has {}", i.channels));
     }
     if i.mean.len() != i.channels as usize || i.std.len() != i.channels as usize {
         return bad("expected one mean and one std per input channel");
@@ -424,21 +354,14 @@ impl Bundle {
     /// Opens the bundle at `path` (a directory or a `.tar`) and verifies it.
     pub fn open(path: &Path, trust: &TrustStore, policy: SignaturePolicy) -> Result<Bundle> {
         let origin = path.display().to_string();
-        let raw = if path.is_dir() {
-            RawBundle::from_dir(path)
-        } else {
-            RawBundle::from_tar(path)
-        };
+        let raw = if path.is_dir() { RawBundle::from_dir(path) } else { RawBundle::from_tar(path) };
         raw.and_then(|raw| raw.verify(origin.clone(), trust, policy))
             .with_context(|| format!("bundle {origin}"))
     }
 
     /// A verified payload file.
     pub fn file(&self, name: &str) -> &[u8] {
-        self.files
-            .get(name)
-            .map(Vec::as_slice)
-            .expect("verified bundles hold every listed file")
+        self.files.get(name).map(Vec::as_slice).expect("verified bundles hold every listed file")
     }
 
     pub fn model_bytes(&self) -> &[u8] {
@@ -452,12 +375,7 @@ impl Bundle {
     /// The golden inputs and reference logits, when the bundle has them.
     pub fn golden(&self) -> Option<Golden> {
         let g = self.manifest.golden.as_ref()?;
-        let split = |file: &str, n: usize| {
-            f32s(self.file(file))
-                .chunks(n)
-                .map(<[f32]>::to_vec)
-                .collect()
-        };
+        let split = |file: &str, n: usize| f32s(self.file(file)).chunks(n).map(<[f32]>::to_vec).collect();
         Some(Golden {
             inputs: split(&g.input, self.manifest.input.len()),
             logits: split(&g.logits, self.manifest.model.classes),
@@ -471,11 +389,7 @@ impl Bundle {
         if labels.len() != m.model.classes {
             return Err(BundleError::Inconsistent(
                 m.labels.file.clone(),
-                format!(
-                    "{} labels (one per class) but bundle has {}",
-                    m.model.classes,
-                    labels.len()
-                ),
+                format!("{} labels (one per class) but bundle has {}", m.model.classes, labels.len()),
             ));
         }
         if let Some(g) = &m.golden {
@@ -483,11 +397,7 @@ impl Bundle {
                 let expected = (g.count * per_item * 4) as u64;
                 let found = self.file(file).len() as u64;
                 if found != expected {
-                    return Err(BundleError::Size {
-                        file: file.clone(),
-                        expected,
-                        found,
-                    });
+                    return Err(BundleError::Size { file: file.clone(), expected, found });
                 }
             }
         }
@@ -507,10 +417,7 @@ pub fn parse_labels(bytes: &[u8]) -> Vec<String> {
 
 /// Little-endian f32 values.
 pub fn f32s(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect()
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
 
 pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -519,10 +426,7 @@ pub fn f32_bytes(values: &[f32]) -> Vec<u8> {
 
 /// The `[files]` entry for `bytes`.
 pub fn file_entry(bytes: &[u8]) -> FileEntry {
-    FileEntry {
-        size: bytes.len() as u64,
-        sha256: sha256_hex(bytes),
-    }
+    FileEntry { size: bytes.len() as u64, sha256: sha256_hex(bytes) }
 }
 
 /// Signs the manifest of the bundle directory `dir` after checking that its
@@ -530,18 +434,11 @@ pub fn file_entry(bytes: &[u8]) -> FileEntry {
 pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<PathBuf> {
     let raw = RawBundle::from_dir(dir).with_context(|| format!("bundle {}", dir.display()))?;
     let manifest = raw.manifest.clone();
-    raw.verify(
-        dir.display().to_string(),
-        &TrustStore::default(),
-        SignaturePolicy::Skip,
-    )
-    .with_context(|| format!("bundle {}", dir.display()))?;
+    raw.verify(dir.display().to_string(), &TrustStore::default(), SignaturePolicy::Skip)
+        .with_context(|| format!("bundle {}", dir.display()))?;
     let sig = key.sign(&manifest);
     let path = dir.join(SIGNATURE);
-    crate::fsutil::write_atomic(
-        &path,
-        format!("{}\n", hex::encode(sig.to_bytes())).as_bytes(),
-    )?;
+    crate::fsutil::write_atomic(&path, format!("{}\n", hex::encode(sig.to_bytes())).as_bytes())?;
     Ok(path)
 }
 
@@ -551,10 +448,7 @@ mod tests {
 
     #[test]
     fn safe_paths_are_plain_and_relative() {
-        assert_eq!(
-            safe_relative_path("./golden/input.bin").unwrap(),
-            "golden/input.bin"
-        );
+        assert_eq!(safe_relative_path("./golden/input.bin").unwrap(), "golden/input.bin");
         for bad in ["/etc/passwd", "../x", "a/../../x", "", "."] {
             assert!(safe_relative_path(bad).is_err(), "{bad}");
         }

@@ -12,7 +12,7 @@ use serde_json::json;
 use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
 use crate::embedded;
-use crate::engine::{Backend, Engine};
+use crate::engine::{Backend, Engine, EngineOptions};
 use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
@@ -20,11 +20,7 @@ use crate::postprocess::{Scored, TopK};
 use crate::preprocess::Image;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "edgevit",
-    version,
-    about = "Classify images with a quantized Vision Transformer"
-)]
+#[command(name = "edgevit", version, about = "Classify images with a quantized Vision Transformer")]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -82,12 +78,21 @@ impl BundleArgs {
     }
 }
 
-/// Where the network runs.
+/// Where and how the network runs.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
     /// Backend for the network.
     #[arg(long, value_enum, default_value_t = Backend::Cpu)]
     pub backend: Backend,
+    /// Run GGeM heads as the exported ops instead of the fused op (for comparison).
+    #[arg(long)]
+    pub no_fusion: bool,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> EngineOptions {
+        EngineOptions { backend: self.backend, fuse_ggem: !self.no_fusion }
+    }
 }
 
 /// How logits become the answer.
@@ -256,7 +261,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
 
 fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
     let bundle = bundle.open()?;
-    let engine = Engine::load(&bundle, engine.backend)?;
+    let engine = Engine::load(&bundle, &engine.options())?;
     Ok((bundle, engine))
 }
 
@@ -332,19 +337,10 @@ fn bench(args: BenchArgs, started: Instant) -> Result<()> {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         let r = &report;
-        println!(
-            "{} v{} {} on {}, {} iterations",
-            r.model, r.version, r.precision, r.backend, r.iterations
-        );
-        println!(
-            "  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms",
-            r.p50_ms, r.p99_ms, r.mean_ms
-        );
+        println!("{} v{} {} on {}, {} iterations", r.model, r.version, r.precision, r.backend, r.iterations);
+        println!("  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms", r.p50_ms, r.p99_ms, r.mean_ms);
         println!("  throughput   {:.1} images/s", r.throughput);
-        println!(
-            "  cold start   {:.1} ms (main to first result)",
-            r.cold_start_ms
-        );
+        println!("  cold start   {:.1} ms (main to first result)", r.cold_start_ms);
         println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
     }
     Ok(())
@@ -377,11 +373,7 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
             };
             let m = create(&opts)?;
             let golden = m.golden.as_ref().map_or(0, |g| g.count);
-            let signed = if opts.key.is_some() {
-                "signed"
-            } else {
-                "unsigned: run `edgevit bundle sign`"
-            };
+            let signed = if opts.key.is_some() { "signed" } else { "unsigned: run `edgevit bundle sign`" };
             println!(
                 "created {}: {} v{}, {} classes, {} golden images, {signed}",
                 opts.out.display(),
@@ -398,20 +390,15 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
         }
         BundleCommand::Verify { bundle, engine } => {
             let (bundle, mut engine) = load(&bundle, &engine)?;
-            let signer = bundle
-                .verified
-                .signature
-                .as_deref()
-                .unwrap_or("not checked (--skip-signature)");
+            let signer = bundle.verified.signature.as_deref().unwrap_or("not checked (--skip-signature)");
             let files = bundle.manifest.files.len();
             match engine.check_golden(&bundle)? {
                 Some(report) if !report.passed() => {
                     bail!("bundle {}: {report}", bundle.origin);
                 }
-                Some(report) => println!(
-                    "bundle {}: OK; signed by {signer}; {files} files; {report}",
-                    bundle.origin
-                ),
+                Some(report) => {
+                    println!("bundle {}: OK; signed by {signer}; {files} files; {report}", bundle.origin)
+                }
                 None => println!(
                     "bundle {}: OK; signed by {signer}; {files} files; no golden check",
                     bundle.origin
@@ -435,11 +422,7 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
                     m.model.file,
                     m.model.precision.name(),
                     m.model.classes,
-                    m.model
-                        .arch
-                        .as_ref()
-                        .map(|a| format!(", {a}"))
-                        .unwrap_or_default()
+                    m.model.arch.as_ref().map(|a| format!(", {a}")).unwrap_or_default()
                 );
                 if let Some(p) = &m.model.pooling {
                     println!("pooling  {p} (groups {})", m.model.groups.unwrap_or(1));
@@ -454,14 +437,7 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
                     i.std
                 );
                 println!("fits     {}", m.compatible.join(", "));
-                println!(
-                    "signed   {}",
-                    bundle
-                        .verified
-                        .signature
-                        .as_deref()
-                        .unwrap_or("not checked")
-                );
+                println!("signed   {}", bundle.verified.signature.as_deref().unwrap_or("not checked"));
                 for (name, f) in &m.files {
                     println!("file     {name} {} bytes sha256 {}", f.size, f.sha256);
                 }

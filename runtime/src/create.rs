@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use crate::bundle::{f32_bytes, file_entry, parse_labels, RawBundle, SignaturePolicy, MANIFEST};
-use crate::engine::{Backend, Engine};
+use crate::engine::{Engine, EngineOptions};
 use crate::keys::{SecretKey, TrustStore};
 use crate::manifest::{GoldenSpec, InputSpec, LabelsSpec, Manifest, ModelSpec, Precision, FORMAT};
 use crate::postprocess::argmax;
@@ -38,10 +38,7 @@ const GOLDEN_LOGITS: &str = "golden/logits.bin";
 /// bundle is assembled in a temporary sibling directory and renamed into place.
 pub fn create(opts: &CreateOptions) -> Result<Manifest> {
     if opts.out.exists() {
-        bail!(
-            "output {}: already exists, expected a new directory",
-            opts.out.display()
-        );
+        bail!("output {}: already exists, expected a new directory", opts.out.display());
     }
     let key = opts.key.as_deref().map(SecretKey::load).transpose()?;
     let read = |p: &Path, what: &str| {
@@ -51,10 +48,7 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
     let labels = read(&opts.labels, "labels")?;
     let classes = parse_labels(&labels).len();
     if classes == 0 {
-        bail!(
-            "labels {}: expected one label per line but the file has none",
-            opts.labels.display()
-        );
+        bail!("labels {}: expected one label per line but the file has none", opts.labels.display());
     }
     let mut manifest = Manifest {
         format: FORMAT,
@@ -75,9 +69,7 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
             pooling: None,
             groups: None,
         },
-        labels: LabelsSpec {
-            file: LABELS_FILE.into(),
-        },
+        labels: LabelsSpec { file: LABELS_FILE.into() },
         golden: None,
         files: BTreeMap::from([
             (MODEL_FILE.to_string(), file_entry(&model)),
@@ -90,17 +82,10 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
     let raw = RawBundle::from_memory(
         toml.as_bytes(),
         b"",
-        &files
-            .iter()
-            .map(|(n, b)| (*n, b.as_slice()))
-            .collect::<Vec<_>>(),
+        &files.iter().map(|(n, b)| (*n, b.as_slice())).collect::<Vec<_>>(),
     );
-    let bundle = raw.verify(
-        opts.out.display().to_string(),
-        &TrustStore::default(),
-        SignaturePolicy::Skip,
-    )?;
-    let mut engine = Engine::load(&bundle, Backend::Cpu)?;
+    let bundle = raw.verify(opts.out.display().to_string(), &TrustStore::default(), SignaturePolicy::Skip)?;
+    let mut engine = Engine::load(&bundle, &EngineOptions::default())?;
 
     if !opts.golden_images.is_empty() {
         let mut inputs = Vec::new();
@@ -115,12 +100,8 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
             logits.extend_from_slice(out);
         }
         let (inputs, logits) = (f32_bytes(&inputs), f32_bytes(&logits));
-        manifest
-            .files
-            .insert(GOLDEN_INPUT.into(), file_entry(&inputs));
-        manifest
-            .files
-            .insert(GOLDEN_LOGITS.into(), file_entry(&logits));
+        manifest.files.insert(GOLDEN_INPUT.into(), file_entry(&inputs));
+        manifest.files.insert(GOLDEN_LOGITS.into(), file_entry(&logits));
         manifest.golden = Some(GoldenSpec {
             input: GOLDEN_INPUT.into(),
             logits: GOLDEN_LOGITS.into(),
@@ -133,20 +114,11 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
     }
 
     let toml = toml::to_string(&manifest)?;
-    let parent = opts
-        .out
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = opts.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let tmp = tempfile::Builder::new()
         .prefix(".edgevit-bundle-")
         .tempdir_in(parent)
-        .with_context(|| {
-            format!(
-                "output {}: cannot create a directory next to it",
-                opts.out.display()
-            )
-        })?;
+        .with_context(|| format!("output {}: cannot create a directory next to it", opts.out.display()))?;
     let write = |name: &str, bytes: &[u8]| -> Result<()> {
         let path = tmp.path().join(name);
         if let Some(dir) = path.parent() {
@@ -162,12 +134,8 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
         crate::bundle::sign_dir(tmp.path(), key)?;
     }
     // Renaming consumes the temporary directory; on failure it is dropped and removed.
-    std::fs::rename(tmp.path(), &opts.out).with_context(|| {
-        format!(
-            "output {}: cannot move the bundle into place",
-            opts.out.display()
-        )
-    })?;
+    std::fs::rename(tmp.path(), &opts.out)
+        .with_context(|| format!("output {}: cannot move the bundle into place", opts.out.display()))?;
     let _ = tmp.keep();
     Ok(manifest)
 }

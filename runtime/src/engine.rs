@@ -51,6 +51,20 @@ impl fmt::Display for Backend {
     }
 }
 
+/// How to load a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EngineOptions {
+    pub backend: Backend,
+    /// Replace each GGeM head by one fused op (see [`crate::ggem`]).
+    pub fuse_ggem: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { backend: Backend::Cpu, fuse_ggem: true }
+    }
+}
+
 /// A loaded model ready to classify one image at a time.
 pub struct Engine {
     pub name: String,
@@ -66,14 +80,7 @@ pub struct Engine {
 
 impl fmt::Debug for Engine {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Engine({} v{} {} on {})",
-            self.name,
-            self.version,
-            self.precision.name(),
-            self.backend
-        )
+        write!(f, "Engine({} v{} {} on {})", self.name, self.version, self.precision.name(), self.backend)
     }
 }
 
@@ -91,10 +98,7 @@ fn exclusive_f32(tensor: &mut Arc<Tensor>) -> &mut [f32] {
 }
 
 fn dims_to_string(dims: &[Option<i64>]) -> String {
-    let parts: Vec<String> = dims
-        .iter()
-        .map(|d| d.map_or("?".into(), |d| d.to_string()))
-        .collect();
+    let parts: Vec<String> = dims.iter().map(|d| d.map_or("?".into(), |d| d.to_string())).collect();
     format!("[{}]", parts.join(", "))
 }
 
@@ -102,10 +106,7 @@ fn dims_to_string(dims: &[Option<i64>]) -> String {
 /// symbolic batch dimension.
 fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
     if model.inputs.len() != 1 {
-        bail!(
-            "expected a model with one input but it has {}",
-            model.inputs.len()
-        );
+        bail!("expected a model with one input but it has {}", model.inputs.len());
     }
     let fact = model.input_fact(0)?;
     if let Some(dt) = fact.datum_type.concretize() {
@@ -114,23 +115,16 @@ fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
         }
     }
     let expected = spec.shape(1);
-    let declared: Vec<Option<i64>> = fact
-        .shape
-        .dims()
-        .map(|d| d.concretize().and_then(|d| d.to_i64().ok()))
-        .collect();
+    let declared: Vec<Option<i64>> =
+        fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect();
     if fact.shape.is_open() && declared.is_empty() {
         return Ok(());
     }
     let matches = declared.len() == 4
-        && declared
-            .iter()
-            .zip(expected)
-            .enumerate()
-            .all(|(axis, (d, e))| match d {
-                None => true,
-                Some(d) => *d == e as i64 || (axis == 0 && *d == 1),
-            });
+        && declared.iter().zip(expected).enumerate().all(|(axis, (d, e))| match d {
+            None => true,
+            Some(d) => *d == e as i64 || (axis == 0 && *d == 1),
+        });
     if !matches {
         let expected: Vec<Option<i64>> = expected.iter().map(|&e| Some(e as i64)).collect();
         bail!(
@@ -145,11 +139,10 @@ fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
 
 impl Engine {
     /// Loads the bundle's model on `backend`, checking it against the manifest.
-    pub fn load(bundle: &Bundle, backend: Backend) -> Result<Engine> {
+    pub fn load(bundle: &Bundle, options: &EngineOptions) -> Result<Engine> {
+        let EngineOptions { backend, fuse_ggem } = *options;
         let context = || format!("bundle {}: {}", bundle.origin, bundle.manifest.model.file);
-        backend
-            .check()
-            .with_context(|| format!("backend {backend}"))?;
+        backend.check().with_context(|| format!("backend {backend}"))?;
         let m = &bundle.manifest;
         let spec = m.input.clone();
         let runnable = (|| -> Result<Box<dyn Runnable>> {
@@ -159,7 +152,13 @@ impl Engine {
             check_input(&model, &spec)?;
             let shape = spec.shape(1);
             model.set_input_fact(0, f32::fact(shape).into())?;
-            let typed = model.into_typed().map_err(|e| anyhow::anyhow!("cannot analyse the model: {e:#}"))?;
+            let mut typed =
+                model.into_typed().map_err(|e| anyhow::anyhow!("cannot analyse the model: {e:#}"))?;
+            if fuse_ggem {
+                let fused =
+                    crate::ggem::fuse(&mut typed).map_err(|e| anyhow::anyhow!("cannot fuse GGeM: {e:#}"))?;
+                log::info!("bundle {}: {fused} GGeM head(s) fused", bundle.origin);
+            }
             if typed.outputs.is_empty() {
                 bail!("expected a model with an output");
             }
@@ -181,12 +180,7 @@ impl Engine {
         .with_context(context)?;
         let state = runnable.spawn().with_context(context)?;
         let input = Arc::new(Tensor::zero::<f32>(&spec.shape(1))?);
-        log::info!(
-            "bundle {}: {} v{} loaded on {backend}",
-            bundle.origin,
-            m.name,
-            m.version
-        );
+        log::info!("bundle {}: {} v{} loaded on {backend}", bundle.origin, m.name, m.version);
         Ok(Engine {
             name: m.name.clone(),
             version: m.version,
@@ -226,10 +220,7 @@ impl Engine {
         let (Some(spec), Some(golden)) = (&bundle.manifest.golden, bundle.golden()) else {
             return Ok(None);
         };
-        let mut report = GoldenReport {
-            count: golden.inputs.len(),
-            ..Default::default()
-        };
+        let mut report = GoldenReport { count: golden.inputs.len(), ..Default::default() };
         for (i, (input, reference)) in golden.inputs.iter().zip(&golden.logits).enumerate() {
             self.input_mut().copy_from_slice(input);
             let logits = self.run()?;

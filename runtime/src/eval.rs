@@ -25,8 +25,7 @@ impl Idx {
     /// Reads an idx file, gzip-compressed or plain (sniffed from the content).
     pub fn open(path: &Path) -> Result<Idx> {
         let context = || format!("idx {}", path.display());
-        let bytes =
-            std::fs::read(path).with_context(|| format!("idx {}: cannot read", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("idx {}: cannot read", path.display()))?;
         let mut data = Vec::new();
         if bytes.starts_with(&[0x1f, 0x8b]) {
             flate2::read::GzDecoder::new(bytes.as_slice())
@@ -45,10 +44,7 @@ impl Idx {
             bail!("expected the idx magic 00 00 but the file starts differently");
         }
         if data[2] != 0x08 {
-            bail!(
-                "expected unsigned-byte data (type 0x08) but the file has type {:#04x}",
-                data[2]
-            );
+            bail!("expected unsigned-byte data (type 0x08) but the file has type {:#04x}", data[2]);
         }
         let rank = data[3] as usize;
         let header = 4 + 4 * rank;
@@ -87,23 +83,12 @@ impl Accuracy {
 }
 
 /// Classifies the first `limit` images of an idx set and counts top-1 hits.
-pub fn evaluate(
-    engine: &mut Engine,
-    images: &Idx,
-    labels: &Idx,
-    limit: Option<usize>,
-) -> Result<Accuracy> {
+pub fn evaluate(engine: &mut Engine, images: &Idx, labels: &Idx, limit: Option<usize>) -> Result<Accuracy> {
     let [n, h, w] = images.dims[..] else {
-        bail!(
-            "idx images: expected dimensions [count, height, width] but found {:?}",
-            images.dims
-        );
+        bail!("idx images: expected dimensions [count, height, width] but found {:?}", images.dims);
     };
     if labels.dims != [n] {
-        bail!(
-            "idx labels: expected dimensions [{n}] to match the images but found {:?}",
-            labels.dims
-        );
+        bail!("idx labels: expected dimensions [{n}] to match the images but found {:?}", labels.dims);
     }
     let classes = engine.labels.len();
     if let Some(bad) = labels.data.iter().find(|&&l| l as usize >= classes) {
@@ -112,28 +97,14 @@ pub fn evaluate(
     let total = limit.map_or(n, |l| l.min(n));
     let start = Instant::now();
     let mut correct = 0;
-    for (pixels, &label) in images
-        .data
-        .chunks_exact(h * w)
-        .zip(&labels.data)
-        .take(total)
-    {
-        let img = ImageView {
-            width: w as u32,
-            height: h as u32,
-            format: PixelFormat::Gray8,
-            data: pixels,
-        };
+    for (pixels, &label) in images.data.chunks_exact(h * w).zip(&labels.data).take(total) {
+        let img = ImageView { width: w as u32, height: h as u32, format: PixelFormat::Gray8, data: pixels };
         engine.set_image(img);
         if argmax(engine.run()?) == label as usize {
             correct += 1;
         }
     }
-    Ok(Accuracy {
-        correct,
-        total,
-        seconds: start.elapsed().as_secs_f64(),
-    })
+    Ok(Accuracy { correct, total, seconds: start.elapsed().as_secs_f64() })
 }
 
 #[cfg(test)]
@@ -148,10 +119,7 @@ mod tests {
         assert_eq!(idx.dims, [2, 3]);
         assert_eq!(idx.data, [0, 1, 2, 3, 4, 5]);
         bytes.pop();
-        assert!(Idx::parse(bytes)
-            .unwrap_err()
-            .to_string()
-            .contains("expected 6 bytes"));
+        assert!(Idx::parse(bytes).unwrap_err().to_string().contains("expected 6 bytes"));
         assert!(Idx::parse(vec![1, 2, 3]).is_err());
         // A header claiming 2^32 x 2^32 items must not overflow or allocate.
         assert!(Idx::parse(vec![0, 0, 8, 2, 255, 255, 255, 255, 255, 255, 255, 255]).is_err());

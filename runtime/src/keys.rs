@@ -15,20 +15,15 @@ pub const DEFAULT_TRUST_DIR: &str = "/etc/edgevit/keys";
 
 /// Reads the single hex line of a key or signature file, skipping `#` comments.
 fn read_hex(path: &Path, what: &str, len: usize) -> Result<Vec<u8>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("{what} {}: cannot read", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("{what} {}: cannot read", path.display()))?;
     parse_hex(&text, len).with_context(|| format!("{what} {}", path.display()))
 }
 
 /// Parses `len` bytes of hex from text whose other lines are `#` comments.
 pub(crate) fn parse_hex(text: &str, len: usize) -> Result<Vec<u8>> {
-    let mut lines = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let Some(line) = lines.next() else {
-        bail!("expected {len} bytes of hex but found no data line")
-    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let Some(line) = lines.next() else { bail!("expected {len} bytes of hex but found no data line") };
     if lines.next().is_some() {
         bail!("expected one line of hex but found more");
     }
@@ -89,9 +84,8 @@ impl TrustStore {
     /// Adds the public key in `path`.
     pub fn add_file(&mut self, path: &Path) -> Result<()> {
         let bytes = read_hex(path, "public key", 32)?;
-        let key = VerifyingKey::try_from(bytes.as_slice()).map_err(|_| {
-            anyhow::anyhow!("public key {}: not a valid ed25519 point", path.display())
-        })?;
+        let key = VerifyingKey::try_from(bytes.as_slice())
+            .map_err(|_| anyhow::anyhow!("public key {}: not a valid ed25519 point", path.display()))?;
         self.add(key, path.display().to_string());
         Ok(())
     }
@@ -110,9 +104,7 @@ impl TrustStore {
 
     /// The trusted key whose signature over `message` is `signature`, if any.
     pub fn verify(&self, message: &[u8], signature: &Signature) -> Option<&TrustedKey> {
-        self.keys
-            .iter()
-            .find(|k| k.key.verify(message, signature).is_ok())
+        self.keys.iter().find(|k| k.key.verify(message, signature).is_ok())
     }
 }
 
@@ -147,10 +139,7 @@ impl SecretKey {
                 bail!("key {}: already exists, refusing to overwrite", p.display());
             }
         }
-        let header = comment
-            .lines()
-            .map(|l| format!("# {l}\n"))
-            .collect::<String>();
+        let header = comment.lines().map(|l| format!("# {l}\n")).collect::<String>();
         crate::fsutil::write_atomic_mode(
             &secret,
             format!("{header}{}\n", hex::encode(self.0.to_bytes())).as_bytes(),

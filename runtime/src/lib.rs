@@ -12,6 +12,7 @@ mod embedded;
 pub mod engine;
 pub mod eval;
 mod fsutil;
+pub mod ggem;
 pub mod keys;
 pub mod manifest;
 pub mod postprocess;
@@ -19,5 +20,5 @@ pub mod preprocess;
 
 pub use bundle::{Bundle, SignaturePolicy};
 pub use embedded::default_bundle;
-pub use engine::{Backend, Engine};
+pub use engine::{Backend, Engine, EngineOptions};
 pub use manifest::Manifest;

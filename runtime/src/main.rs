@@ -15,8 +15,7 @@ fn main() -> ExitCode {
         Err(err) => {
             // A closed stdout (e.g. piped into `head`) is not a failure.
             if err.chain().any(|e| {
-                e.downcast_ref::<std::io::Error>()
-                    .is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
+                e.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == ErrorKind::BrokenPipe)
             }) {
                 return ExitCode::SUCCESS;
             }

@@ -145,11 +145,7 @@ impl InputSpec {
 
     /// The model input shape for a batch of `n`.
     pub fn shape(&self, n: usize) -> [usize; 4] {
-        let (w, h, c) = (
-            self.width as usize,
-            self.height as usize,
-            self.channels as usize,
-        );
+        let (w, h, c) = (self.width as usize, self.height as usize, self.channels as usize);
         match self.layout {
             Layout::Nchw => [n, c, h, w],
             Layout::Nhwc => [n, h, w, c],

@@ -42,17 +42,13 @@ impl TopK {
         self.order.clear();
         self.order.extend(0..logits.len());
         let probs = &self.probs;
-        self.order
-            .sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+        self.order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
         let k = if k == 0 { logits.len() } else { k };
         out.extend(
             self.order
                 .iter()
                 .take(k)
-                .map(|&class| Scored {
-                    class,
-                    score: probs[class],
-                })
+                .map(|&class| Scored { class, score: probs[class] })
                 .filter(|s| s.score >= threshold),
         );
     }

@@ -58,12 +58,7 @@ pub struct Image {
 
 impl Image {
     pub fn view(&self) -> ImageView<'_> {
-        ImageView {
-            width: self.width,
-            height: self.height,
-            format: self.format,
-            data: &self.data,
-        }
+        ImageView { width: self.width, height: self.height, format: self.format, data: &self.data }
     }
 
     /// Decodes PNG or JPEG bytes (format sniffed from the content), refusing
@@ -82,42 +77,26 @@ impl Image {
         if reader.format().is_none() {
             bail!("expected a PNG or JPEG image but the content is neither");
         }
-        let decoded = reader
-            .decode()
-            .map_err(|e| anyhow::anyhow!("expected a PNG or JPEG image but {e}"))?;
+        let decoded = reader.decode().map_err(|e| anyhow::anyhow!("expected a PNG or JPEG image but {e}"))?;
         Ok(Image::from_dynamic(decoded))
     }
 
     /// Reads and decodes an image file.
     pub fn open(path: &Path) -> Result<Image> {
-        let bytes = std::fs::read(path)
-            .with_context(|| format!("image {}: cannot read", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("image {}: cannot read", path.display()))?;
         Image::decode(&bytes).with_context(|| format!("image {}", path.display()))
     }
 
     fn from_dynamic(img: DynamicImage) -> Image {
         let (width, height) = (img.width(), img.height());
         match img {
-            DynamicImage::ImageLuma8(g) => Image {
-                width,
-                height,
-                format: PixelFormat::Gray8,
-                data: g.into_raw(),
-            },
-            DynamicImage::ImageLumaA8(_)
-            | DynamicImage::ImageLuma16(_)
-            | DynamicImage::ImageLumaA16(_) => Image {
-                width,
-                height,
-                format: PixelFormat::Gray8,
-                data: img.to_luma8().into_raw(),
-            },
-            other => Image {
-                width,
-                height,
-                format: PixelFormat::Rgb8,
-                data: other.to_rgb8().into_raw(),
-            },
+            DynamicImage::ImageLuma8(g) => {
+                Image { width, height, format: PixelFormat::Gray8, data: g.into_raw() }
+            }
+            DynamicImage::ImageLumaA8(_) | DynamicImage::ImageLuma16(_) | DynamicImage::ImageLumaA16(_) => {
+                Image { width, height, format: PixelFormat::Gray8, data: img.to_luma8().into_raw() }
+            }
+            other => Image { width, height, format: PixelFormat::Rgb8, data: other.to_rgb8().into_raw() },
         }
     }
 }
@@ -125,22 +104,10 @@ impl Image {
 /// Fills `out` (exactly `spec.len()` values, in `spec.layout`) from `img`.
 pub fn preprocess(spec: &InputSpec, img: ImageView<'_>, out: &mut [f32]) {
     let (w, h) = (img.width as usize, img.height as usize);
-    let (ow, oh, oc) = (
-        spec.width as usize,
-        spec.height as usize,
-        spec.channels as usize,
-    );
+    let (ow, oh, oc) = (spec.width as usize, spec.height as usize, spec.channels as usize);
     let ic = img.format.channels();
-    assert_eq!(
-        out.len(),
-        ow * oh * oc,
-        "output buffer does not match the input spec"
-    );
-    assert_eq!(
-        img.data.len(),
-        w * h * ic,
-        "image buffer does not match its dimensions"
-    );
+    assert_eq!(out.len(), ow * oh * oc, "output buffer does not match the input spec");
+    assert_eq!(img.data.len(), w * h * ic, "image buffer does not match its dimensions");
     assert!(w > 0 && h > 0, "empty image");
 
     let s = (ow as f32 / w as f32).max(oh as f32 / h as f32);
@@ -170,11 +137,8 @@ pub fn preprocess(spec: &InputSpec, img: ImageView<'_>, out: &mut [f32]) {
             let v: [f32; 3] = std::array::from_fn(|k| {
                 (a[k] * (1.0 - fx) + b[k] * fx) * (1.0 - fy) + (c[k] * (1.0 - fx) + d[k] * fx) * fy
             });
-            let values = if oc == 1 && ic == 3 {
-                [0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2], 0.0, 0.0]
-            } else {
-                v
-            };
+            let values =
+                if oc == 1 && ic == 3 { [0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2], 0.0, 0.0] } else { v };
             for (k, value) in values.iter().enumerate().take(oc) {
                 let idx = match spec.layout {
                     Layout::Nchw => (k * oh + oy) * ow + ox,
@@ -204,12 +168,7 @@ mod tests {
     #[test]
     fn same_size_gray_is_the_identity() {
         let data: Vec<u8> = (0..12).map(|v| v * 20).collect();
-        let img = ImageView {
-            width: 4,
-            height: 3,
-            format: PixelFormat::Gray8,
-            data: &data,
-        };
+        let img = ImageView { width: 4, height: 3, format: PixelFormat::Gray8, data: &data };
         let mut out = vec![0.0; 12];
         preprocess(&spec(4, 3, 1, Layout::Nchw), img, &mut out);
         let expected: Vec<f32> = data.iter().map(|&v| v as f32 / 255.0).collect();
@@ -219,12 +178,7 @@ mod tests {
     #[test]
     fn rgb_to_gray_uses_luma_weights_and_layouts_agree() {
         let data = [255u8, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255];
-        let img = ImageView {
-            width: 2,
-            height: 2,
-            format: PixelFormat::Rgb8,
-            data: &data,
-        };
+        let img = ImageView { width: 2, height: 2, format: PixelFormat::Rgb8, data: &data };
         let mut out = vec![0.0; 4];
         preprocess(&spec(2, 2, 1, Layout::Nchw), img, &mut out);
         let expected = [0.299, 0.587, 0.114, 1.0];
@@ -246,12 +200,7 @@ mod tests {
     fn center_crop_keeps_the_middle() {
         // 4x2 image, 2x2 target: scale 1, crop columns 1..3.
         let data = [0u8, 10, 20, 30, 40, 50, 60, 70];
-        let img = ImageView {
-            width: 4,
-            height: 2,
-            format: PixelFormat::Gray8,
-            data: &data,
-        };
+        let img = ImageView { width: 4, height: 2, format: PixelFormat::Gray8, data: &data };
         let mut out = vec![0.0; 4];
         let mut s = spec(2, 2, 1, Layout::Nchw);
         s.std = vec![1.0 / 255.0];
@@ -263,10 +212,7 @@ mod tests {
 
     #[test]
     fn decode_rejects_empty_and_non_images() {
-        assert!(Image::decode(b"")
-            .unwrap_err()
-            .to_string()
-            .contains("empty"));
+        assert!(Image::decode(b"").unwrap_err().to_string().contains("empty"));
         let err = format!("{:#}", Image::decode(b"hello, I am text").unwrap_err());
         assert!(err.contains("neither"), "{err}");
     }

@@ -12,10 +12,7 @@ use edgevit::Manifest;
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the repository").to_path_buf()
 }
 
 /// A path relative to the repository root.
@@ -37,27 +34,12 @@ pub fn binary() -> &'static Path {
     BIN.get_or_init(|| {
         let exe = std::env::current_exe().expect("test executable path");
         // target/<profile>/deps/<test> -> target/<profile>
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("target/<profile>/deps layout");
-        let profile = profile_dir
-            .file_name()
-            .and_then(|n| n.to_str())
-            .expect("profile dir name");
+        let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps layout");
+        let profile = profile_dir.file_name().and_then(|n| n.to_str()).expect("profile dir name");
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args([
-            "build",
-            "--quiet",
-            "-p",
-            "edgevit",
-            "--bin",
-            "edgevit",
-            "--target-dir",
-        ])
-        .arg(target_dir);
+        cmd.args(["build", "--quiet", "-p", "edgevit", "--bin", "edgevit", "--target-dir"]).arg(target_dir);
         if profile != "debug" {
             cmd.args(["--profile", profile]);
         }
@@ -77,13 +59,7 @@ pub struct Run {
 
 impl Run {
     pub fn ok(&self) -> &Self {
-        assert_eq!(
-            self.code,
-            Some(0),
-            "edgevit failed:\nstdout:\n{}\nstderr:\n{}",
-            self.stdout,
-            self.stderr
-        );
+        assert_eq!(self.code, Some(0), "edgevit failed:\nstdout:\n{}\nstderr:\n{}", self.stdout, self.stderr);
         self
     }
 
@@ -98,31 +74,15 @@ impl Run {
         );
         assert!(!self.stderr.contains("panicked"), "panic:\n{}", self.stderr);
         let lines: Vec<&str> = self.stderr.lines().collect();
-        assert_eq!(
-            lines.len(),
-            1,
-            "expected one error line, got:\n{}",
-            self.stderr
-        );
-        assert!(
-            lines[0].starts_with("edgevit: "),
-            "unprefixed error: {}",
-            lines[0]
-        );
-        assert!(
-            lines[0].contains(needle),
-            "expected {needle:?} in: {}",
-            lines[0]
-        );
+        assert_eq!(lines.len(), 1, "expected one error line, got:\n{}", self.stderr);
+        assert!(lines[0].starts_with("edgevit: "), "unprefixed error: {}", lines[0]);
+        assert!(lines[0].contains(needle), "expected {needle:?} in: {}", lines[0]);
         self
     }
 
     /// The stdout lines parsed as JSON objects.
     pub fn json_lines(&self) -> Vec<serde_json::Value> {
-        self.stdout
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
-            .collect()
+        self.stdout.lines().map(|l| serde_json::from_str(l).expect("one JSON object per line")).collect()
     }
 }
 
@@ -182,11 +142,7 @@ pub fn rewrite_manifest(dir: &Path, edit: impl FnOnce(&mut Manifest)) {
 pub fn write_signed_manifest(dir: &Path, bytes: &[u8]) {
     std::fs::write(dir.join(MANIFEST), bytes).unwrap();
     let key = SecretKey::load(&repo(DEV_KEY)).unwrap();
-    std::fs::write(
-        dir.join(SIGNATURE),
-        format!("{}\n", hex(&key.sign(bytes).to_bytes())),
-    )
-    .unwrap();
+    std::fs::write(dir.join(SIGNATURE), format!("{}\n", hex(&key.sign(bytes).to_bytes()))).unwrap();
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use edgevit::postprocess::TopK;
 use edgevit::preprocess::Image;
-use edgevit::{default_bundle, Backend, Engine};
+use edgevit::{default_bundle, Engine, EngineOptions};
 use edgevit_tests::samples;
 
 struct Counting;
@@ -43,7 +43,7 @@ fn allocations_during(f: impl FnOnce()) -> usize {
 #[test]
 fn preprocess_and_postprocess_allocate_nothing_per_image() {
     let bundle = default_bundle().unwrap();
-    let mut engine = Engine::load(&bundle, Backend::Cpu).unwrap();
+    let mut engine = Engine::load(&bundle, &EngineOptions::default()).unwrap();
     let images: Vec<Image> = samples().iter().map(|p| Image::open(p).unwrap()).collect();
     let mut topk = TopK::default();
     let mut ranked = Vec::with_capacity(16);
@@ -54,18 +54,10 @@ fn preprocess_and_postprocess_allocate_nothing_per_image() {
 
     let mut in_network = 0;
     for img in &images {
-        assert_eq!(
-            allocations_during(|| engine.set_image(img.view())),
-            0,
-            "preprocess allocated"
-        );
+        assert_eq!(allocations_during(|| engine.set_image(img.view())), 0, "preprocess allocated");
         let mut logits = [0.0f32; 10];
         in_network += allocations_during(|| logits.copy_from_slice(engine.run().unwrap()));
-        assert_eq!(
-            allocations_during(|| topk.rank(&logits, 5, 0.0, &mut ranked)),
-            0,
-            "top-k allocated"
-        );
+        assert_eq!(allocations_during(|| topk.rank(&logits, 5, 0.0, &mut ranked)), 0, "top-k allocated");
     }
     eprintln!("tract allocations per image: {}", in_network / images.len());
 }

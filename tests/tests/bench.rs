@@ -22,10 +22,7 @@ fn bench_reports_latency_throughput_cold_start_and_memory() {
     assert_eq!(r["precision"], "int8");
     assert_eq!(r["backend"], "cpu");
     assert_eq!(r["iterations"], 20);
-    let f = |k: &str| {
-        r[k].as_f64()
-            .unwrap_or_else(|| panic!("{k} missing in {r}"))
-    };
+    let f = |k: &str| r[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {r}"));
     assert!(f("p50_ms") > 0.0 && f("p99_ms") >= f("p50_ms"), "{r}");
     assert!(f("mean_ms") > 0.0 && f("throughput") > 0.0, "{r}");
     assert!(f("cold_start_ms") > 0.0, "{r}");
@@ -37,14 +34,7 @@ fn bench_reports_latency_throughput_cold_start_and_memory() {
 fn bench_text_names_each_figure() {
     let run = edgevit(["bench", "--iterations", "5", "--warmup", "1"]);
     let out = &run.ok().stdout;
-    for needle in [
-        "fmnist-vit-ggem v1 fp32 on cpu",
-        "p50",
-        "p99",
-        "images/s",
-        "cold start",
-        "peak RSS",
-    ] {
+    for needle in ["fmnist-vit-ggem v1 fp32 on cpu", "p50", "p99", "images/s", "cold start", "peak RSS"] {
         assert!(out.contains(needle), "{needle} missing:\n{out}");
     }
 }

@@ -6,12 +6,7 @@ use std::path::Path;
 use edgevit_tests::*;
 
 fn trusted(bundle: &Path) -> Vec<String> {
-    vec![
-        "--bundle".into(),
-        bundle.display().to_string(),
-        "--trust".into(),
-        DEV_PUB.into(),
-    ]
+    vec!["--bundle".into(), bundle.display().to_string(), "--trust".into(), DEV_PUB.into()]
 }
 
 fn scratch_copy(src: &str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -32,14 +27,7 @@ fn shipped_bundles_verify() {
 
 #[test]
 fn info_prints_the_manifest() {
-    let run = edgevit([
-        "bundle",
-        "info",
-        "--bundle",
-        INT8_BUNDLE,
-        "--trust",
-        DEV_PUB,
-    ]);
+    let run = edgevit(["bundle", "info", "--bundle", INT8_BUNDLE, "--trust", DEV_PUB]);
     let out = &run.ok().stdout;
     assert!(out.contains("name     fmnist-vit-ggem-int8 v1"), "{out}");
     assert!(out.contains("pooling  ggem (groups 4)"), "{out}");
@@ -83,55 +71,24 @@ fn create_from_a_timm_vit_matches_onnxruntime() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(
-        run.ok().stdout.contains("1 golden images, signed"),
-        "{}",
-        run.stdout
-    );
+    assert!(run.ok().stdout.contains("1 golden images, signed"), "{}", run.stdout);
 
     let trust = keys.with_extension("pub").display().to_string();
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        out.to_str().unwrap(),
-        "--trust",
-        &trust,
-    ])
-    .ok();
+    edgevit(["bundle", "verify", "--bundle", out.to_str().unwrap(), "--trust", &trust]).ok();
     // The development key did not sign it.
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        out.to_str().unwrap(),
-        "--trust",
-        DEV_PUB,
-    ])
-    .fails_with("manifest.sig does not verify with any trusted key");
+    edgevit(["bundle", "verify", "--bundle", out.to_str().unwrap(), "--trust", DEV_PUB])
+        .fails_with("manifest.sig does not verify with any trusted key");
 
-    let run = edgevit([
-        "classify",
-        "--json",
-        "--bundle",
-        out.to_str().unwrap(),
-        "--trust",
-        &trust,
-        &image,
-    ]);
+    let run = edgevit(["classify", "--json", "--bundle", out.to_str().unwrap(), "--trust", &trust, &image]);
     let line = &run.ok().json_lines()[0];
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("expected.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(data.join("expected.json")).unwrap()).unwrap();
     let expected = expected["onnxruntime_logits"].as_array().unwrap();
     let logits = line["logits"].as_array().unwrap();
     assert_eq!(logits.len(), expected.len());
     for (c, (a, b)) in logits.iter().zip(expected).enumerate() {
         let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
-        assert!(
-            (a - b).abs() <= 1e-4,
-            "class {c}: edgevit {a} vs onnxruntime {b}"
-        );
+        assert!((a - b).abs() <= 1e-4, "class {c}: edgevit {a} vs onnxruntime {b}");
     }
 }
 
@@ -169,24 +126,10 @@ fn sign_then_verify_round_trip_with_a_new_key() {
     let stem = tmp.path().join("k");
     edgevit(["bundle", "keygen", "--out", stem.to_str().unwrap()]).ok();
     edgevit(["bundle", "keygen", "--out", stem.to_str().unwrap()]).fails_with("already exists");
-    edgevit([
-        "bundle",
-        "sign",
-        dir.to_str().unwrap(),
-        "--key",
-        stem.with_extension("key").to_str().unwrap(),
-    ])
-    .ok();
+    edgevit(["bundle", "sign", dir.to_str().unwrap(), "--key", stem.with_extension("key").to_str().unwrap()])
+        .ok();
     let trust = stem.with_extension("pub").display().to_string();
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        dir.to_str().unwrap(),
-        "--trust",
-        &trust,
-    ])
-    .ok();
+    edgevit(["bundle", "verify", "--bundle", dir.to_str().unwrap(), "--trust", &trust]).ok();
 }
 
 #[test]
@@ -197,13 +140,8 @@ fn a_flipped_byte_in_the_model_is_refused() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x01;
     std::fs::write(&path, bytes).unwrap();
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("model.onnx: expected sha256");
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("model.onnx: expected sha256");
 }
 
 #[test]
@@ -211,14 +149,8 @@ fn a_signature_by_another_key_is_refused() {
     let (tmp, dir) = scratch_copy(FP32_BUNDLE);
     let stem = tmp.path().join("other");
     edgevit(["bundle", "keygen", "--out", stem.to_str().unwrap()]).ok();
-    edgevit([
-        "bundle",
-        "sign",
-        dir.to_str().unwrap(),
-        "--key",
-        stem.with_extension("key").to_str().unwrap(),
-    ])
-    .ok();
+    edgevit(["bundle", "sign", dir.to_str().unwrap(), "--key", stem.with_extension("key").to_str().unwrap()])
+        .ok();
     let mut args = vec!["classify".to_string()];
     args.extend(trusted(&dir));
     args.push(samples()[0].display().to_string());
@@ -229,35 +161,16 @@ fn a_signature_by_another_key_is_refused() {
 fn an_unsigned_bundle_is_refused_unless_asked() {
     let (_tmp, dir) = scratch_copy(FP32_BUNDLE);
     std::fs::remove_file(dir.join("manifest.sig")).unwrap();
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("manifest.sig is missing");
-    edgevit([
-        "bundle",
-        "verify",
-        "--skip-signature",
-        "--bundle",
-        dir.to_str().unwrap(),
-    ])
-    .ok();
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("manifest.sig is missing");
+    edgevit(["bundle", "verify", "--skip-signature", "--bundle", dir.to_str().unwrap()]).ok();
 }
 
 #[test]
 fn no_trusted_keys_is_an_error_that_says_how_to_fix_it() {
     let tmp = tempfile::tempdir().unwrap();
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        FP32_BUNDLE,
-        "--trust-dir",
-        tmp.path().to_str().unwrap(),
-    ])
-    .fails_with("no trusted keys: pass --trust KEY.pub");
+    edgevit(["bundle", "verify", "--bundle", FP32_BUNDLE, "--trust-dir", tmp.path().to_str().unwrap()])
+        .fails_with("no trusted keys: pass --trust KEY.pub");
 }
 
 #[test]
@@ -269,13 +182,8 @@ fn a_manifest_input_size_that_disagrees_with_the_model_is_refused() {
         m.golden = None;
         m.files.retain(|name, _| !name.starts_with("golden/"));
     });
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("manifest input is [1, 1, 32, 32] (nchw) but the model declares [?, 1, 28, 28]");
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("manifest input is [1, 1, 32, 32] (nchw) but the model declares [?, 1, 28, 28]");
 }
 
 #[test]
@@ -287,13 +195,8 @@ fn labels_that_do_not_match_the_classes_are_refused() {
     text.push_str("Umbrella\n");
     std::fs::write(&labels, text).unwrap();
     rewrite_manifest(&dir, |_| {});
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("labels.txt: expected 10 labels (one per class) but bundle has 11");
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("labels.txt: expected 10 labels (one per class) but bundle has 11");
 
     // Manifest and labels agree on 11 classes, the model has 10.
     rewrite_manifest(&dir, |m| {
@@ -301,13 +204,7 @@ fn labels_that_do_not_match_the_classes_are_refused() {
         m.golden = None;
         m.files.retain(|name, _| !name.starts_with("golden/"));
     });
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with(
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir))).fails_with(
         "manifest says 11 classes, so the output should be [1, 11], but the model outputs [1, 10]",
     );
 }
@@ -316,31 +213,17 @@ fn labels_that_do_not_match_the_classes_are_refused() {
 fn a_manifest_that_is_not_toml_is_refused() {
     let (_tmp, dir) = scratch_copy(FP32_BUNDLE);
     write_signed_manifest(&dir, b"format = 1\nname = \"unterminated\n");
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("manifest.toml is not valid");
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("manifest.toml is not valid");
 }
 
 #[test]
 fn a_manifest_with_an_unknown_field_is_refused() {
     let (_tmp, dir) = scratch_copy(FP32_BUNDLE);
     let text = std::fs::read_to_string(dir.join("manifest.toml")).unwrap();
-    write_signed_manifest(
-        &dir,
-        text.replace("format = 1", "format = 1\nturbo = true")
-            .as_bytes(),
-    );
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("unknown field `turbo`");
+    write_signed_manifest(&dir, text.replace("format = 1", "format = 1\nturbo = true").as_bytes());
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("unknown field `turbo`");
 }
 
 #[test]
@@ -351,26 +234,14 @@ fn golden_output_that_disagrees_fails_verify() {
     logits[3] += 0.01;
     std::fs::write(&path, edgevit::bundle::f32_bytes(&logits)).unwrap();
     rewrite_manifest(&dir, |_| {});
-    edgevit(
-        ["bundle", "verify"]
-            .into_iter()
-            .map(String::from)
-            .chain(trusted(&dir)),
-    )
-    .fails_with("golden top-1 20/20, max |logit diff| 1.000e-2");
+    edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
+        .fails_with("golden top-1 20/20, max |logit diff| 1.000e-2");
 }
 
 #[test]
 fn a_missing_bundle_is_named() {
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        "models/nope",
-        "--trust",
-        DEV_PUB,
-    ])
-    .fails_with("bundle models/nope");
+    edgevit(["bundle", "verify", "--bundle", "models/nope", "--trust", DEV_PUB])
+        .fails_with("bundle models/nope");
 }
 
 /// Packs `dir` into a tar with GNU tar, extra arguments first.
@@ -393,28 +264,10 @@ fn a_tar_bundle_classifies_like_the_directory() {
     let tar = tmp.path().join("bundle.tar");
     pack(&repo(INT8_BUNDLE), &tar, &[]);
     let sample = samples()[0].display().to_string();
-    let from_tar = edgevit([
-        "classify",
-        "--json",
-        "--bundle",
-        tar.to_str().unwrap(),
-        "--trust",
-        DEV_PUB,
-        &sample,
-    ]);
-    let from_dir = edgevit([
-        "classify",
-        "--json",
-        "--bundle",
-        INT8_BUNDLE,
-        "--trust",
-        DEV_PUB,
-        &sample,
-    ]);
-    assert_eq!(
-        from_tar.ok().json_lines()[0]["logits"],
-        from_dir.ok().json_lines()[0]["logits"]
-    );
+    let from_tar =
+        edgevit(["classify", "--json", "--bundle", tar.to_str().unwrap(), "--trust", DEV_PUB, &sample]);
+    let from_dir = edgevit(["classify", "--json", "--bundle", INT8_BUNDLE, "--trust", DEV_PUB, &sample]);
+    assert_eq!(from_tar.ok().json_lines()[0]["logits"], from_dir.ok().json_lines()[0]["logits"]);
 }
 
 #[test]
@@ -425,30 +278,12 @@ fn a_tar_bundle_with_a_symlink_or_parent_path_is_refused() {
     std::os::unix::fs::symlink("/etc/passwd", dir.join("passwd")).unwrap();
     let tar = tmp.path().join("link.tar");
     pack(&dir, &tar, &[]);
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        tar.to_str().unwrap(),
-        "--trust",
-        DEV_PUB,
-    ])
-    .fails_with("passwd: expected a regular file in the tar, not a link or device");
+    edgevit(["bundle", "verify", "--bundle", tar.to_str().unwrap(), "--trust", DEV_PUB])
+        .fails_with("passwd: expected a regular file in the tar, not a link or device");
 
     std::fs::remove_file(dir.join("passwd")).unwrap();
     let tar = tmp.path().join("dotdot.tar");
-    pack(
-        &dir,
-        &tar,
-        &["--transform", "s,^./labels.txt,../labels.txt,"],
-    );
-    edgevit([
-        "bundle",
-        "verify",
-        "--bundle",
-        tar.to_str().unwrap(),
-        "--trust",
-        DEV_PUB,
-    ])
-    .fails_with("../labels.txt: not a plain relative path inside the bundle");
+    pack(&dir, &tar, &["--transform", "s,^./labels.txt,../labels.txt,"]);
+    edgevit(["bundle", "verify", "--bundle", tar.to_str().unwrap(), "--trust", DEV_PUB])
+        .fails_with("../labels.txt: not a plain relative path inside the bundle");
 }

@@ -22,22 +22,15 @@ fn agrees_with_golden(bundle_dir: &str, bundle_args: &[&str]) {
     for (i, line) in lines.iter().enumerate() {
         let top1 = line["top_k"][0]["class"].as_u64().unwrap() as usize;
         assert_eq!(top1, golden.top1[i], "top-1 of {}", samples[i].display());
-        let logits: Vec<f32> = line["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
+        let logits: Vec<f32> =
+            line["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let expected = &reference[i * m.model.classes..(i + 1) * m.model.classes];
         let (worst, diff) = logits
             .iter()
             .zip(expected)
             .map(|(a, b)| (a - b).abs())
             .enumerate()
-            .fold(
-                (0, 0.0f32),
-                |acc, (c, d)| if d > acc.1 { (c, d) } else { acc },
-            );
+            .fold((0, 0.0f32), |acc, (c, d)| if d > acc.1 { (c, d) } else { acc });
         assert!(
             diff <= 1e-4,
             "{}: logit {worst} differs by {diff:e} ({} vs {})",
@@ -74,11 +67,7 @@ fn text_output_prints_percent_and_label_lines() {
     assert!(lines[1].ends_with("% Ankle boot"), "{}", lines[1]);
     for line in &lines[1..] {
         let (pct, label) = line.trim_start().split_once("% ").unwrap();
-        assert_eq!(
-            pct.split_once('.').map(|(_, decimals)| decimals.len()),
-            Some(2),
-            "{line}"
-        );
+        assert_eq!(pct.split_once('.').map(|(_, decimals)| decimals.len()), Some(2), "{line}");
         let pct: f64 = pct.parse().unwrap();
         assert!((0.0..=100.0).contains(&pct) && !label.is_empty(), "{line}");
     }
@@ -88,22 +77,9 @@ fn text_output_prints_percent_and_label_lines() {
 fn threshold_drops_unlikely_classes() {
     let sample = samples()[0].display().to_string();
     let scores = |threshold: &str| -> Vec<f64> {
-        let run = edgevit([
-            "classify",
-            "--json",
-            "--top-k",
-            "0",
-            "--threshold",
-            threshold,
-            &sample,
-        ]);
+        let run = edgevit(["classify", "--json", "--top-k", "0", "--threshold", threshold, &sample]);
         let line = &run.ok().json_lines()[0];
-        line["top_k"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| s["score"].as_f64().unwrap())
-            .collect()
+        line["top_k"].as_array().unwrap().iter().map(|s| s["score"].as_f64().unwrap()).collect()
     };
     let all = scores("0");
     assert_eq!(all.len(), 10);

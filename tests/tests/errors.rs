@@ -28,10 +28,7 @@ fn truncated_png() {
     let path = tmp.path().join("cut.png");
     let bytes = std::fs::read(&samples()[0]).unwrap();
     std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
-    classify(&path).fails_with(&format!(
-        "image {}: expected a PNG or JPEG image but",
-        path.display()
-    ));
+    classify(&path).fails_with(&format!("image {}: expected a PNG or JPEG image but", path.display()));
 }
 
 #[test]
@@ -39,10 +36,7 @@ fn text_named_jpg() {
     let tmp = tempfile::tempdir().unwrap();
     let path = tmp.path().join("notes.jpg");
     std::fs::write(&path, "shopping list: eggs, milk\n").unwrap();
-    classify(&path).fails_with(&format!(
-        "image {}: expected a PNG or JPEG image but",
-        path.display()
-    ));
+    classify(&path).fails_with(&format!("image {}: expected a PNG or JPEG image but", path.display()));
 }
 
 /// A valid PNG header (with a correct CRC) claiming 40000 x 40000 pixels and
@@ -59,15 +53,9 @@ fn png_header_claiming_40000_squared() {
     png.extend(13u32.to_be_bytes());
     png.extend(&ihdr);
     png.extend(crc32(&ihdr).to_be_bytes());
-    std::fs::File::create(&path)
-        .unwrap()
-        .write_all(&png)
-        .unwrap();
+    std::fs::File::create(&path).unwrap().write_all(&png).unwrap();
     let run = classify(&path);
-    run.fails_with(&format!(
-        "image {}: expected a PNG or JPEG image but",
-        path.display()
-    ));
+    run.fails_with(&format!("image {}: expected a PNG or JPEG image but", path.display()));
     assert!(run.stderr.contains("limit"), "{}", run.stderr);
 }
 
@@ -76,11 +64,7 @@ fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= b as u32;
         for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
         }
     }
     !crc
@@ -106,14 +90,6 @@ fn closed_stdout_exits_quietly() {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty(), "{}", String::from_utf8_lossy(&out.stderr));
 }

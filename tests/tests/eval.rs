@@ -36,10 +36,7 @@ fn fp32_reaches_88_percent_and_int8_stays_within_half_a_point() {
     let int8 = accuracy(INT8_BUNDLE);
     eprintln!("fashion-mnist 10k: fp32 {fp32:.2}%, int8 {int8:.2}%");
     assert!(fp32 >= 88.0, "fp32 accuracy {fp32:.2}% is below 88%");
-    assert!(
-        int8 >= fp32 - 0.5,
-        "int8 accuracy {int8:.2}% is more than 0.5 pt below fp32 {fp32:.2}%"
-    );
+    assert!(int8 >= fp32 - 0.5, "int8 accuracy {int8:.2}% is more than 0.5 pt below fp32 {fp32:.2}%");
 }
 
 #[test]

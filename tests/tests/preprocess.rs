@@ -12,25 +12,15 @@ fn matches_the_numpy_reference() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
     assert!(cases.len() >= 5);
     for case in cases {
-        let floats = |k: &str| {
-            case[k]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-                .collect()
-        };
+        let floats =
+            |k: &str| case[k].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
         let spec = InputSpec {
             width: case["width"].as_u64().unwrap() as u32,
             height: case["height"].as_u64().unwrap() as u32,
             channels: case["channels"].as_u64().unwrap() as u32,
             mean: floats("mean"),
             std: floats("std"),
-            layout: if case["layout"] == "nhwc" {
-                Layout::Nhwc
-            } else {
-                Layout::Nchw
-            },
+            layout: if case["layout"] == "nhwc" { Layout::Nhwc } else { Layout::Nchw },
         };
         let img = Image::open(&dir.join(case["image"].as_str().unwrap())).unwrap();
         let mut out = vec![0.0; spec.len()];
@@ -42,15 +32,7 @@ fn matches_the_numpy_reference() {
             .zip(&expected)
             .map(|(a, b)| (a - b).abs())
             .enumerate()
-            .fold(
-                (0, 0.0f32),
-                |acc, (i, d)| if d > acc.1 { (i, d) } else { acc },
-            );
-        assert!(
-            diff <= 1e-5,
-            "{case}: value {i} is {} but numpy gives {}",
-            out[i],
-            expected[i]
-        );
+            .fold((0, 0.0f32), |acc, (i, d)| if d > acc.1 { (i, d) } else { acc });
+        assert!(diff <= 1e-5, "{case}: value {i} is {} but numpy gives {}", out[i], expected[i]);
     }
 }
