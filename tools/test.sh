@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages the tests read or run.
-packages=(dataset-fashion-mnist)
+# Debian packages: the data set the accuracy tests read, and libclang for the
+# bindings the v4l crate generates at build time.
+packages=(dataset-fashion-mnist libclang-dev)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,13 +11,16 @@ use serde_json::json;
 
 use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
+use crate::display::DisplayArgs;
 use crate::embedded;
 use crate::engine::{Backend, Engine, EngineOptions};
 use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
+use crate::pipeline::LoopOptions;
 use crate::postprocess::{Scored, TopK};
 use crate::preprocess::Image;
+use crate::source::SourceArgs;
 
 #[derive(Debug, Parser)]
 #[command(name = "edgevit", version, about = "Classify images with a quantized Vision Transformer")]
@@ -28,6 +31,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The main job: classify a camera, files or a pattern and show the result.
+    Run(Box<RunArgs>),
     /// Classify image files and print `NN.NN% label` lines.
     Classify(ClassifyArgs),
     /// Accuracy on an idx-format test set (e.g. Fashion-MNIST `t10k-*.gz`).
@@ -104,6 +109,46 @@ pub struct PostprocessArgs {
     /// Report only classes whose score is at least this (0..1).
     #[arg(long, default_value_t = 0.0)]
     pub threshold: f32,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Where frames come from: `v4l2:///dev/video0`, `file://DIR/`, `file://GLOB`,
+    /// `file://clip.y4m`, `pattern://`. Default: `/dev/video0` when it exists.
+    #[arg(value_name = "INPUT_URI")]
+    pub input: Option<String>,
+    /// Where results are shown: `fb:///dev/fb0`, `png://DIR`, `null://`. Default:
+    /// the framebuffer when it exists, else PNGs in `out/run/`.
+    #[arg(value_name = "OUTPUT_URI")]
+    pub output: Option<String>,
+    /// Show nothing (`null://`), only classify.
+    #[arg(long, conflicts_with = "output")]
+    pub headless: bool,
+    /// Print the per-stage timing table every `--profile-every` frames.
+    #[arg(long)]
+    pub profile: bool,
+    /// Frames between two `--profile` tables.
+    #[arg(long, default_value_t = 100, value_name = "N")]
+    pub profile_every: u64,
+    /// Stop after N frames.
+    #[arg(long, value_name = "N")]
+    pub frames: Option<u64>,
+    /// Average class probabilities over the last N frames (1: none).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub smoothing: u64,
+    /// One JSON line per frame on stdout (frame index, model, top-1, label, score).
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub display: DisplayArgs,
+    #[command(flatten)]
+    pub bundle: BundleArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    #[command(flatten)]
+    pub post: PostprocessArgs,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +297,7 @@ pub struct CreateArgs {
 /// Runs a parsed command line. `started` is when `main` began.
 pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
+        Command::Run(args) => run_loop(*args),
         Command::Classify(args) => classify(args),
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args, started),
@@ -263,6 +309,68 @@ fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
     let bundle = bundle.open()?;
     let engine = Engine::load(&bundle, &engine.options())?;
     Ok((bundle, engine))
+}
+
+/// The input URI: as given, else the first camera when there is one.
+fn input_uri(given: Option<String>) -> Result<String> {
+    match given {
+        Some(uri) => Ok(uri),
+        None if std::path::Path::new("/dev/video0").exists() => Ok("v4l2:///dev/video0".into()),
+        None => bail!("no input: pass an INPUT_URI (there is no camera at /dev/video0)"),
+    }
+}
+
+/// The output URI: as given, `null://` when headless, else the framebuffer
+/// when there is one, else PNG snapshots in `out/run/`.
+fn output_uri(given: Option<String>, headless: bool) -> String {
+    match given {
+        Some(uri) => uri,
+        None if headless => "null://".into(),
+        None if std::path::Path::new("/dev/fb0").exists() => "fb:///dev/fb0".into(),
+        None => {
+            log::warn!("no framebuffer: writing overlay PNGs to out/run/");
+            "png://out/run/".into()
+        }
+    }
+}
+
+fn run_loop(args: RunArgs) -> Result<()> {
+    let input = input_uri(args.input)?;
+    let output = output_uri(args.output, args.headless);
+    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let source = crate::source::open(&input, &args.source)?;
+    let mut display = crate::display::open(&output, &args.display)?;
+    let live = input.starts_with("v4l2:") || input.starts_with("pattern:");
+    log::info!(
+        "run: {} -> {} ({})",
+        source.describe(),
+        display.describe(),
+        if live { "live" } else { "every frame" }
+    );
+    let opts = LoopOptions {
+        top_k: args.post.top_k,
+        threshold: args.post.threshold,
+        smoothing: args.smoothing as usize,
+        profile_every: args.profile.then_some(args.profile_every),
+        json: args.json,
+        max_frames: args.frames,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let summary = crate::pipeline::run(source, live, &mut engine, display.as_mut(), &opts, &mut stdout)?;
+    let text = format!(
+        "{} frames, {} dropped, {:.1} FPS over {:.2} s\n{}",
+        summary.frames,
+        summary.dropped,
+        summary.fps(),
+        summary.seconds,
+        summary.table()
+    );
+    if args.json {
+        eprint!("{text}");
+    } else {
+        write!(stdout, "{text}")?;
+    }
+    Ok(())
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {

@@ -1,0 +1,119 @@
+//! `png://DIR`: numbered PNG snapshots of the rendered canvas.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+use super::{letterbox, Canvas, Display, DisplayArgs};
+use crate::overlay::{self, OverlayContent};
+use crate::preprocess::Image;
+
+/// Writes `DIR/frame-000001.png`, `frame-000002.png`, ...: one snapshot for
+/// the first frame and every `--output-every`th after it, numbered without
+/// gaps (so `ffmpeg -i frame-%06d.png` reads them as a clip). Frames between
+/// snapshots are not drawn. Existing files of the same name are replaced.
+///
+/// Each file appears whole: it is written to a hidden temporary in `DIR` and
+/// renamed over its name. There is no fsync; a snapshot that a power cut
+/// loses is not worth slowing every frame for.
+#[derive(Debug)]
+pub struct PngSnapshots {
+    dir: PathBuf,
+    canvas: Canvas,
+    every: u32,
+    /// Frames presented so far.
+    frames: u64,
+    /// Snapshots written so far.
+    written: u64,
+    /// A frame was rendered for the next snapshot.
+    pending: bool,
+    encoded: Vec<u8>,
+}
+
+impl PngSnapshots {
+    /// Creates `dir` if needed; the canvas is `--output-width` x `--output-height`.
+    pub fn create(dir: &Path, args: &DisplayArgs) -> Result<PngSnapshots> {
+        std::fs::create_dir_all(dir).with_context(|| {
+            format!("output URI png://{}: cannot create directory {}", dir.display(), dir.display())
+        })?;
+        Ok(PngSnapshots {
+            dir: dir.to_path_buf(),
+            canvas: Canvas::new(args.output_width, args.output_height),
+            every: args.output_every.max(1),
+            frames: 0,
+            written: 0,
+            pending: false,
+            encoded: Vec::new(),
+        })
+    }
+
+    /// The canvas as last rendered.
+    pub fn canvas(&self) -> &Canvas {
+        &self.canvas
+    }
+}
+
+impl Display for PngSnapshots {
+    fn render(&mut self, frame: &Image, content: &OverlayContent) -> Result<()> {
+        self.pending = self.frames % u64::from(self.every) == 0;
+        if !self.pending {
+            return Ok(());
+        }
+        letterbox(&mut self.canvas, frame)?;
+        let Ok(()) = overlay::draw(&mut self.canvas, content);
+        Ok(())
+    }
+
+    fn present(&mut self) -> Result<()> {
+        self.frames += 1;
+        if !std::mem::take(&mut self.pending) {
+            return Ok(());
+        }
+        let path = self.dir.join(format!("frame-{:06}.png", self.written + 1));
+        self.canvas
+            .encode_png(&mut self.encoded)
+            .with_context(|| format!("{}: cannot encode", path.display()))?;
+        write_renamed(&path, &self.encoded)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        let every = match self.every {
+            1 => "every frame".to_string(),
+            n => format!("1 frame in {n}"),
+        };
+        format!("png://{} ({}x{}, {every})", self.dir.display(), self.canvas.width(), self.canvas.height())
+    }
+}
+
+/// Writes `bytes` to a hidden temporary next to `path`, then renames it
+/// over `path`: readers see the old file or the whole new one.
+fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.with_context(|| format!("png snapshot {}: cannot write", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_write_leaves_no_temporary() {
+        let tmp = tempfile::tempdir().unwrap();
+        // Renaming a file over a directory fails after the temporary is written.
+        let path = tmp.path().join("frame-000001.png");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), b"").unwrap();
+        let err = write_renamed(&path, b"png").unwrap_err();
+        assert_eq!(err.to_string(), format!("png snapshot {}: cannot write", path.display()));
+        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["frame-000001.png"]);
+    }
+}

@@ -1,0 +1,143 @@
+//! `edgevit run`: the main job end to end, and the capture side's promise to
+//! drop rather than queue.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use edgevit::pipeline::{capture, Slot};
+use edgevit::source::{Capture, Source, SourceArgs};
+use edgevit_tests::*;
+
+#[test]
+fn samples_to_pngs_agree_with_classify_and_print_the_stage_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = format!("png://{}", tmp.path().display());
+    let input = format!("file://{SAMPLES}/");
+    let run = edgevit(["run", &input, &out, "--json", "--profile", "--profile-every", "10"]);
+    let frames: Vec<serde_json::Value> = run
+        .ok()
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("{\"frame\""))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let golden = manifest(&repo(FP32_BUNDLE)).golden.unwrap();
+    assert_eq!(frames.len(), 20, "{}", run.stdout);
+    for (i, f) in frames.iter().enumerate() {
+        assert_eq!(f["frame"], i as u64);
+        assert_eq!(f["top1"].as_u64().unwrap() as usize, golden.top1[i], "frame {i}: {f}");
+    }
+    let pngs = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "png"))
+        .count();
+    assert_eq!(pngs, 20);
+    assert!(run.stderr.contains("20 frames, 0 dropped"), "{}", run.stderr);
+    for stage in ["Preprocess", "Network", "Postprocess", "Overlay", "Total"] {
+        assert!(run.stderr.contains(stage), "{stage} missing:\n{}", run.stderr);
+    }
+    // Two tables during the run (every 10 frames), on stdout with the frame log.
+    assert_eq!(run.stdout.matches("after 10 frames").count(), 2, "{}", run.stdout);
+}
+
+#[test]
+fn text_mode_prints_the_summary_on_stdout() {
+    let input = format!("file://{SAMPLES}/t10k-0000*.png");
+    let run = edgevit(["run", &input, "--headless"]);
+    let out = &run.ok().stdout;
+    // t10k-00000 to t10k-00009 minus 00005, which is not among the samples.
+    assert!(out.contains("9 frames, 0 dropped"), "{out}");
+    assert!(out.contains("Network"), "{out}");
+}
+
+#[test]
+fn bad_uris_are_one_clear_line() {
+    edgevit(["run", "ftp://camera", "null://"]).fails_with("input URI ftp://camera");
+    edgevit(["run", "pattern://", "gopher://screen"]).fails_with("output URI gopher://screen");
+    edgevit(["run", "file://no/such/dir/", "null://"]).fails_with("no/such/dir");
+}
+
+#[test]
+fn sigint_stops_cleanly_with_a_summary() {
+    let mut child = Command::new(binary())
+        .args(["run", "pattern://", "null://", "--json"])
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for _ in 0..5 {
+        let line = lines.next().unwrap().unwrap();
+        assert!(line.starts_with("{\"frame\""), "{line}");
+    }
+    // SAFETY: kill(2) on our own child's pid with a valid signal number.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(" frames, ") && stderr.contains("Total"), "{stderr}");
+    assert!(rest.iter().all(|l| l.starts_with("{\"frame\"")), "{rest:?}");
+}
+
+/// A live source that yields `left` frames of `pattern://`, then ends.
+struct Limited {
+    inner: Box<dyn Source>,
+    left: u64,
+}
+
+impl Source for Limited {
+    fn capture(&mut self) -> anyhow::Result<Capture> {
+        if self.left == 0 {
+            return Ok(Capture::End);
+        }
+        let c = self.inner.capture()?;
+        if matches!(c, Capture::Frame(_)) {
+            self.left -= 1;
+        }
+        Ok(c)
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
+
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
+}
+
+/// A consumer far slower than the camera: the slot never holds more than
+/// one frame, the rest are counted as dropped, and memory stays flat.
+#[test]
+fn a_slow_consumer_makes_capture_drop_not_queue() {
+    const FRAMES: u64 = 10_000;
+    let args = SourceArgs { input_width: Some(160), input_height: Some(120), input_loop: 0, input_rate: 0.0 };
+    let source =
+        Box::new(Limited { inner: edgevit::source::open("pattern://", &args).unwrap(), left: FRAMES });
+    let slot = Arc::new(Slot::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rss_before = rss_bytes();
+    let producer = {
+        let (slot, stop) = (slot.clone(), stop.clone());
+        std::thread::spawn(move || capture(source, true, &slot, &stop))
+    };
+    let (mut taken, mut max_depth) = (0u64, 0usize);
+    while let Some(_frame) = slot.take(&stop).unwrap() {
+        taken += 1;
+        max_depth = max_depth.max(slot.depth());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    producer.join().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let growth = rss_bytes().saturating_sub(rss_before);
+    assert!(max_depth <= 1, "queue depth reached {max_depth}");
+    assert_eq!(taken + slot.dropped(), FRAMES, "every frame is either taken or counted as dropped");
+    assert!(slot.dropped() > taken, "taken {taken}, dropped {}", slot.dropped());
+    assert!(growth < 16 << 20, "RSS grew by {growth} bytes over {FRAMES} frames");
+}
