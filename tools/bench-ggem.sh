@@ -28,7 +28,7 @@ for pooling in mean ggem; do
     --golden-image $out/image.png --out $out/bundle-$pooling >/dev/null
 done
 
-bench() { $edgevit bench --json --skip-signature --iterations "$iterations" --warmup 5 "$@" 2>/dev/null; }
+bench() { RUST_LOG=error $edgevit bench --json --skip-signature --iterations "$iterations" --warmup 5 "$@" 2>/dev/null; }
 field() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 
 mean=$(bench --bundle $out/bundle-mean)

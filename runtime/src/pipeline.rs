@@ -313,6 +313,7 @@ pub fn consume(
         }
         if opts.max_frames.is_some_and(|m| frames >= m) {
             stop.store(true, Ordering::Relaxed);
+            break;
         }
     }
     Ok(Summary { frames, dropped: slot.dropped(), seconds: start.elapsed().as_secs_f64(), stages })

@@ -141,3 +141,11 @@ fn a_slow_consumer_makes_capture_drop_not_queue() {
     assert!(slot.dropped() > taken, "taken {taken}, dropped {}", slot.dropped());
     assert!(growth < 16 << 20, "RSS grew by {growth} bytes over {FRAMES} frames");
 }
+
+#[test]
+fn frames_flag_stops_after_exactly_that_many() {
+    let run = edgevit(["run", "pattern://", "null://", "--frames", "50", "--json"]);
+    let frames = run.ok().json_lines();
+    assert_eq!(frames.len(), 50);
+    assert!(run.stderr.contains("50 frames, "), "{}", run.stderr);
+}
