@@ -73,7 +73,7 @@ impl Display for PngSnapshots {
         self.canvas
             .encode_png(&mut self.encoded)
             .with_context(|| format!("{}: cannot encode", path.display()))?;
-        write_renamed(&path, &self.encoded)?;
+        crate::fsutil::write_replace(&path, &self.encoded).context("png snapshot")?;
         self.written += 1;
         Ok(())
     }
@@ -84,36 +84,5 @@ impl Display for PngSnapshots {
             n => format!("1 frame in {n}"),
         };
         format!("png://{} ({}x{}, {every})", self.dir.display(), self.canvas.width(), self.canvas.height())
-    }
-}
-
-/// Writes `bytes` to a hidden temporary next to `path`, then renames it
-/// over `path`: readers see the old file or the whole new one.
-fn write_renamed(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.with_context(|| format!("png snapshot {}: cannot write", path.display()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_failed_write_leaves_no_temporary() {
-        let tmp = tempfile::tempdir().unwrap();
-        // Renaming a file over a directory fails after the temporary is written.
-        let path = tmp.path().join("frame-000001.png");
-        std::fs::create_dir(&path).unwrap();
-        std::fs::write(path.join("keep"), b"").unwrap();
-        let err = write_renamed(&path, b"png").unwrap_err();
-        assert_eq!(err.to_string(), format!("png snapshot {}: cannot write", path.display()));
-        let names: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
-        assert_eq!(names, ["frame-000001.png"]);
     }
 }
