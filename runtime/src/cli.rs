@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::board::{Board, BoardArgs, BoardBackend, DEVICE_BOARD_FILE};
 use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
 use crate::display::DisplayArgs;
@@ -42,6 +43,17 @@ pub enum Command {
     /// Create, sign, verify and inspect model bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// List the board profiles built in (or show the one in force with --current).
+    Boards {
+        #[command(flatten)]
+        board: BoardArgs,
+        /// Show only the profile in force: --board, --board-file or /etc/edgevit/board.toml.
+        #[arg(long)]
+        current: bool,
+        /// One JSON object per board.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Which bundle to load and which keys to trust.
@@ -139,6 +151,8 @@ pub struct RunArgs {
     /// One JSON line per frame on stdout (frame index, model, top-1, label, score).
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub board: BoardArgs,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -302,6 +316,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args, started),
         Command::Bundle(cmd) => bundle(cmd),
+        Command::Boards { board, current, json } => boards(&board, current, json),
     }
 }
 
@@ -311,23 +326,27 @@ fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
     Ok((bundle, engine))
 }
 
-/// The input URI: as given, else the first camera when there is one.
-fn input_uri(given: Option<String>) -> Result<String> {
-    match given {
-        Some(uri) => Ok(uri),
-        None if std::path::Path::new("/dev/video0").exists() => Ok("v4l2:///dev/video0".into()),
-        None => bail!("no input: pass an INPUT_URI (there is no camera at /dev/video0)"),
+/// The input URI: as given, else the board's camera, else the first camera
+/// when there is one.
+fn input_uri(given: Option<String>, board: Option<&Board>) -> Result<String> {
+    match (given, board) {
+        (Some(uri), _) => Ok(uri),
+        (None, Some(b)) => Ok(b.camera.clone()),
+        (None, None) if std::path::Path::new("/dev/video0").exists() => Ok("v4l2:///dev/video0".into()),
+        (None, None) => bail!("no input: pass an INPUT_URI (there is no camera at /dev/video0)"),
     }
 }
 
-/// The output URI: as given, `null://` when headless, else the framebuffer
-/// when there is one, else PNG snapshots in `out/run/`.
-fn output_uri(given: Option<String>, headless: bool) -> String {
-    match given {
-        Some(uri) => uri,
-        None if headless => "null://".into(),
-        None if std::path::Path::new("/dev/fb0").exists() => "fb:///dev/fb0".into(),
-        None => {
+/// The output URI: as given, `null://` when headless, else the board's
+/// display, else the framebuffer when there is one, else PNG snapshots in
+/// `out/run/`.
+fn output_uri(given: Option<String>, headless: bool, board: Option<&Board>) -> String {
+    match (given, board) {
+        (Some(uri), _) => uri,
+        _ if headless => "null://".into(),
+        (None, Some(b)) => b.display.clone(),
+        (None, None) if std::path::Path::new("/dev/fb0").exists() => "fb:///dev/fb0".into(),
+        (None, None) => {
             log::warn!("no framebuffer: writing overlay PNGs to out/run/");
             "png://out/run/".into()
         }
@@ -335,9 +354,30 @@ fn output_uri(given: Option<String>, headless: bool) -> String {
 }
 
 fn run_loop(args: RunArgs) -> Result<()> {
-    let input = input_uri(args.input)?;
-    let output = output_uri(args.output, args.headless);
-    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let board = args.board.current()?;
+    let input = input_uri(args.input, board.as_ref())?;
+    let output = output_uri(args.output, args.headless, board.as_ref());
+    let (bundle, mut engine) = load(&args.bundle, &args.engine)?;
+    if let Some(b) = &board {
+        match b.backend {
+            BoardBackend::Cpu => {}
+            BoardBackend::Auto => {
+                log::info!("backend: cpu (board {} prefers auto; this build runs on the CPU)", b.name)
+            }
+            BoardBackend::Cuda => {
+                bail!("board {}: asks for the cuda backend, which this build does not have", b.name)
+            }
+        }
+        if !b.fits(&bundle.manifest.compatible) {
+            bail!(
+                "bundle {}: fits {} but this board is {} (family {})",
+                bundle.origin,
+                bundle.manifest.compatible.join(", "),
+                b.name,
+                b.compatible
+            );
+        }
+    }
     let source = crate::source::open(&input, &args.source)?;
     let mut display = crate::display::open(&output, &args.display)?;
     let live = input.starts_with("v4l2:") || input.starts_with("pattern:");
@@ -450,6 +490,51 @@ fn bench(args: BenchArgs, started: Instant) -> Result<()> {
         println!("  throughput   {:.1} images/s", r.throughput);
         println!("  cold start   {:.1} ms (main to first result)", r.cold_start_ms);
         println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
+    }
+    Ok(())
+}
+
+fn boards(args: &BoardArgs, current: bool, json: bool) -> Result<()> {
+    let boards = if current {
+        vec![args.current()?.ok_or_else(|| {
+            anyhow::anyhow!("no board profile: pass --board or --board-file, or install {DEVICE_BOARD_FILE}")
+        })?]
+    } else {
+        Board::builtin()
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        for b in &boards {
+            writeln!(out, "{}", serde_json::to_string(b)?)?;
+        }
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<18} {:<26} {:>6} {:>5} {:>8} {:>6} {:>7} {:>7}  gpu path",
+        "board", "target", "glibc", "sm", "jetpack", "cuda", "backend", "threads"
+    )?;
+    for b in &boards {
+        let sm = b.cuda_arch.map_or("-".into(), |a| a.to_string());
+        writeln!(
+            out,
+            "{:<18} {:<26} {:>6} {:>5} {:>8} {:>6} {:>7} {:>7}  {}",
+            b.name,
+            b.target,
+            b.glibc,
+            sm,
+            b.jetpack.as_deref().unwrap_or("-"),
+            b.cuda.as_deref().unwrap_or("-"),
+            format!("{:?}", b.backend).to_lowercase(),
+            if b.threads == 0 { "all".into() } else { b.threads.to_string() },
+            if b.gpu_path() {
+                "yes"
+            } else if b.cuda.is_none() && b.backend == BoardBackend::Auto {
+                "when present"
+            } else {
+                "no"
+            }
+        )?;
     }
     Ok(())
 }

@@ -5,6 +5,7 @@
 //! [`postprocess`] ranks the classes. [`cli`] wires them into verbs.
 
 pub mod bench;
+pub mod board;
 pub mod bundle;
 pub mod cli;
 mod create;
