@@ -380,12 +380,11 @@ fn run_loop(args: RunArgs) -> Result<()> {
     }
     let source = crate::source::open(&input, &args.source)?;
     let mut display = crate::display::open(&output, &args.display)?;
-    let live = input.starts_with("v4l2:") || input.starts_with("pattern:");
     log::info!(
         "run: {} -> {} ({})",
         source.describe(),
         display.describe(),
-        if live { "live" } else { "every frame" }
+        if source.is_live() { "live: newest frame wins" } else { "every frame" }
     );
     let opts = LoopOptions {
         top_k: args.post.top_k,
@@ -396,7 +395,7 @@ fn run_loop(args: RunArgs) -> Result<()> {
         max_frames: args.frames,
     };
     let mut stdout = std::io::stdout().lock();
-    let summary = crate::pipeline::run(source, live, &mut engine, display.as_mut(), &opts, &mut stdout)?;
+    let summary = crate::pipeline::run(source, &mut engine, display.as_mut(), &opts, &mut stdout)?;
     let text = format!(
         "{} frames, {} dropped, {:.1} FPS over {:.2} s\n{}",
         summary.frames,

@@ -103,8 +103,10 @@ impl Slot {
     }
 }
 
-/// Runs `source` until it ends, fails or `stop` is set, putting frames in `slot`.
-pub fn capture(mut source: Box<dyn Source>, live: bool, slot: &Slot, stop: &AtomicBool) {
+/// Runs `source` until it ends, fails or `stop` is set, putting frames in
+/// `slot` (replacing untaken ones when the source is live).
+pub fn capture(mut source: Box<dyn Source>, slot: &Slot, stop: &AtomicBool) {
+    let live = source.is_live();
     let mut index = 0;
     let error = loop {
         if stop.load(Ordering::Relaxed) {
@@ -323,7 +325,6 @@ pub fn consume(
 /// SIGINT and SIGTERM stop it cleanly.
 pub fn run(
     source: Box<dyn Source>,
-    live: bool,
     engine: &mut Engine,
     display: &mut dyn Display,
     opts: &LoopOptions,
@@ -338,7 +339,7 @@ pub fn run(
         let (slot, stop) = (slot.clone(), stop.clone());
         std::thread::Builder::new()
             .name("capture".into())
-            .spawn(move || capture(source, live, &slot, &stop))
+            .spawn(move || capture(source, &slot, &stop))
             .context("cannot start the capture thread")?
     };
     let result = consume(engine, display, &slot, &stop, opts, out);

@@ -86,6 +86,13 @@ pub trait Source: Send {
     /// One line for logs and the status line, e.g.
     /// `v4l2:///dev/video0 640x480 MJPG 30 fps`.
     fn describe(&self) -> String;
+
+    /// Whether frames arrive at their own pace (a camera, the pattern) and
+    /// may be dropped when the consumer is slower, rather than waiting to be
+    /// taken (files).
+    fn is_live(&self) -> bool {
+        false
+    }
 }
 
 /// Longest a source sleeps inside one [`Source::capture`] call.

@@ -104,6 +104,10 @@ impl Source for Limited {
     fn describe(&self) -> String {
         self.inner.describe()
     }
+
+    fn is_live(&self) -> bool {
+        self.inner.is_live()
+    }
 }
 
 fn rss_bytes() -> u64 {
@@ -125,7 +129,7 @@ fn a_slow_consumer_makes_capture_drop_not_queue() {
     let rss_before = rss_bytes();
     let producer = {
         let (slot, stop) = (slot.clone(), stop.clone());
-        std::thread::spawn(move || capture(source, true, &slot, &stop))
+        std::thread::spawn(move || capture(source, &slot, &stop))
     };
     let (mut taken, mut max_depth) = (0u64, 0usize);
     while let Some(_frame) = slot.take(&stop).unwrap() {

@@ -398,6 +398,10 @@ impl Source for Camera {
         }
     }
 
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         self.description.clone()
     }

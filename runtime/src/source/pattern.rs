@@ -79,6 +79,10 @@ impl Source for Pattern {
         Ok(Capture::Frame(img))
     }
 
+    fn is_live(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         format!("pattern:// {}x{}", self.width, self.height)
     }
