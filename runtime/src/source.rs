@@ -339,6 +339,13 @@ mod tests {
     }
 
     #[test]
+    fn pattern_is_live_and_files_wait() {
+        assert!(open("pattern://", &SourceArgs::default()).unwrap().is_live());
+        let samples = concat!("file://", env!("CARGO_MANIFEST_DIR"), "/../models/samples/fashion-mnist/");
+        assert!(!open(samples, &SourceArgs::default()).unwrap().is_live());
+    }
+
+    #[test]
     fn unknown_scheme_is_one_clear_line() {
         let err = open("rtsp://cam/stream", &SourceArgs::default()).err().unwrap();
         assert_eq!(
