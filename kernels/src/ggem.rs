@@ -290,25 +290,8 @@ pub fn ggem_reference(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::XorShift;
     use crate::Tolerance;
-
-    /// A small xorshift generator: the tests need varied inputs, not
-    /// statistical quality.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next_u32(&mut self) -> u32 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 >> 32) as u32
-        }
-
-        /// Uniform in [lo, hi).
-        fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-            lo + (hi - lo) * (self.next_u32() as f32 / 4_294_967_296.0)
-        }
-    }
 
     /// The definition, computed directly in f64. Fine for inputs whose
     /// powers stay within f64's range.
@@ -534,7 +517,7 @@ mod tests {
 
     #[test]
     fn reference_matches_the_definition() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = XorShift::new(0x9e37_79b9_7f4a_7c15);
         let (b, n, c) = (2, 37, 48);
         let x: Vec<f32> = (0..b * n * c).map(|_| rng.uniform(-2.0, 6.0)).collect();
         let p = [1.0, 2.5, 3.0, 4.0, 6.0, 8.0];
@@ -580,7 +563,7 @@ mod tests {
     /// channels entirely below eps, p from 1 to 8.
     #[test]
     fn kernel_algorithm_matches_reference() {
-        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
         for &(b, n, c, g, sm) in &[
             (1, 196, 192, 3, 132),
             (1, 197, 384, 6, 132),

@@ -9,6 +9,7 @@
 
 pub mod ggem;
 pub mod nvrtc;
+pub mod testing;
 pub mod tolerance;
 
 pub use ggem::{ggem_reference, launch_config, GgemError, GgemLaunch, GgemShape};

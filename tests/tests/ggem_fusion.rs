@@ -4,6 +4,7 @@
 
 use edgevit::ggem::{fuse, Ggem};
 use edgevit::{default_bundle, Engine, EngineOptions};
+use edgevit_kernels::testing::XorShift;
 use edgevit_tests::*;
 use tract_onnx::prelude::*;
 
@@ -21,16 +22,8 @@ fn run(model: &TypedModel, input: &Tensor) -> Vec<f32> {
 
 /// Deterministic inputs in [-2, 3): negatives exercise the clamp.
 fn input(shape: &[usize]) -> Tensor {
-    let n: usize = shape.iter().product();
-    let mut state = 0x2545_f491_4f6c_dd1du64;
-    let values: Vec<f32> = (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state >> 40) as f32 / (1u64 << 24) as f32 * 5.0 - 2.0
-        })
-        .collect();
+    let mut rng = XorShift::new(0x2545_f491_4f6c_dd1d);
+    let values: Vec<f32> = (0..shape.iter().product()).map(|_| rng.uniform(-2.0, 3.0)).collect();
     Tensor::from_shape(shape, &values).unwrap()
 }
 
