@@ -74,6 +74,7 @@ pub struct Bundle {
     pub manifest: Manifest,
     pub manifest_bytes: Vec<u8>,
     pub verified: Verified,
+    signature_bytes: Option<Vec<u8>>,
     files: BTreeMap<String, Vec<u8>>,
 }
 
@@ -272,6 +273,7 @@ impl RawBundle {
             manifest,
             manifest_bytes: self.manifest,
             verified: Verified { signature, payload: true },
+            signature_bytes: self.signature,
             files,
         };
         bundle.check_contents()?;
@@ -380,6 +382,36 @@ impl Bundle {
             inputs: split(&g.input, self.manifest.input.len()),
             logits: split(&g.logits, self.manifest.model.classes),
         })
+    }
+
+    /// Writes the bundle as a directory at `dir`, which must not exist: the
+    /// exact verified bytes of the manifest, its signature and every listed
+    /// file, each synced, then the directories. `after_file` runs after
+    /// each file with its name.
+    pub fn write_dir(&self, dir: &Path, after_file: &mut dyn FnMut(&str)) -> Result<()> {
+        std::fs::create_dir(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+        let mut entries = vec![(MANIFEST, self.manifest_bytes.as_slice())];
+        entries.extend(self.signature_bytes.as_deref().map(|s| (SIGNATURE, s)));
+        entries.extend(self.files.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+        let mut dirs = std::collections::BTreeSet::from([dir.to_path_buf()]);
+        for (name, bytes) in entries {
+            let path = dir.join(name);
+            let parent = path.parent().expect("a file inside dir");
+            if dirs.insert(parent.to_path_buf()) {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("{}: cannot create", parent.display()))?;
+            }
+            let mut f =
+                std::fs::File::create(&path).with_context(|| format!("{}: cannot write", path.display()))?;
+            std::io::Write::write_all(&mut f, bytes)
+                .and_then(|()| f.sync_all())
+                .with_context(|| format!("{}: cannot write", path.display()))?;
+            after_file(name);
+        }
+        for d in dirs.iter().rev() {
+            crate::fsutil::sync_dir(d)?;
+        }
+        Ok(())
     }
 
     /// Consistency of the payload with the manifest, beyond hashes.

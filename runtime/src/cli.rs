@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
@@ -22,6 +22,10 @@ use crate::pipeline::LoopOptions;
 use crate::postprocess::{Scored, TopK};
 use crate::preprocess::Image;
 use crate::source::SourceArgs;
+use crate::update::agent::{self, Applied, UpdateOptions};
+use crate::update::fetch::Timeouts;
+use crate::update::slots::StateDir;
+use crate::update::{channel, parse_duration, DEFAULT_STATE_DIR};
 
 #[derive(Debug, Parser)]
 #[command(name = "edgevit", version, about = "Classify images with a quantized Vision Transformer")]
@@ -43,6 +47,9 @@ pub enum Command {
     /// Create, sign, verify and inspect model bundles.
     #[command(subcommand)]
     Bundle(BundleCommand),
+    /// Remote model updates: publish a channel, check, apply, status, roll back.
+    #[command(subcommand)]
+    Update(UpdateCommand),
     /// List the board profiles built in (or show the one in force with --current).
     Boards {
         #[command(flatten)]
@@ -56,28 +63,42 @@ pub enum Command {
     },
 }
 
-/// Which bundle to load and which keys to trust.
+/// Which public keys to trust.
 #[derive(Debug, Args)]
-pub struct BundleArgs {
-    /// Bundle directory or `.tar`; without it, the default bundle built into the binary.
-    #[arg(long = "bundle", value_name = "PATH")]
-    pub path: Option<PathBuf>,
+pub struct TrustArgs {
     /// Trust this public key file (repeatable), in addition to `--trust-dir`.
     #[arg(long = "trust", value_name = "KEY.pub")]
     pub trust: Vec<PathBuf>,
     /// Directory of trusted `*.pub` keys.
     #[arg(long, value_name = "DIR", default_value = DEFAULT_TRUST_DIR)]
     pub trust_dir: PathBuf,
+}
+
+impl TrustArgs {
+    pub fn store(&self) -> Result<TrustStore> {
+        TrustStore::load(&self.trust, Some(&self.trust_dir))
+    }
+}
+
+/// Which bundle to load and which keys to trust.
+#[derive(Debug, Args)]
+pub struct BundleArgs {
+    /// Bundle directory or `.tar`. Without it: the bundle installed in
+    /// `--state-dir`, else the default bundle built into the binary.
+    #[arg(long = "bundle", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// State directory of remote updates (slots a/b, `current`, `state.toml`)
+    /// [default: /var/lib/edgevit when it holds an installed bundle].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
     /// Do not check the manifest signature (hashes are still checked). Logged.
     #[arg(long)]
     pub skip_signature: bool,
 }
 
 impl BundleArgs {
-    pub fn trust_store(&self) -> Result<TrustStore> {
-        TrustStore::load(&self.trust, Some(&self.trust_dir))
-    }
-
     fn policy(&self) -> SignaturePolicy {
         if self.skip_signature {
             SignaturePolicy::Skip
@@ -86,12 +107,38 @@ impl BundleArgs {
         }
     }
 
+    /// The state directory whose `current` bundle runs: the given one, or the
+    /// device's when it holds an installed bundle.
+    pub fn state_dir(&self) -> Option<StateDir> {
+        match &self.state_dir {
+            Some(dir) => Some(StateDir::new(dir)),
+            None => Some(StateDir::new(DEFAULT_STATE_DIR)).filter(StateDir::is_installed),
+        }
+    }
+
+    /// Opens and verifies the chosen bundle and hands it to `load`. A bundle
+    /// from the state directory that fails to open or load falls back to the
+    /// last good slot.
+    pub fn open_with<T>(&self, mut load: impl FnMut(Bundle) -> Result<T>) -> Result<T> {
+        if let Some(path) = &self.path {
+            return load(Bundle::open(path, &self.trust.store()?, self.policy())?);
+        }
+        match self.state_dir() {
+            Some(dir) if dir.is_installed() => {
+                let trust = self.trust.store()?;
+                agent::open_active(&dir, |slot| load(Bundle::open(slot, &trust, self.policy())?))
+            }
+            Some(dir) => {
+                log::info!("{}: no bundle installed yet; running the built-in default", dir.root.display());
+                load(embedded::default_bundle()?)
+            }
+            None => load(embedded::default_bundle()?),
+        }
+    }
+
     /// Opens and verifies the chosen bundle.
     pub fn open(&self) -> Result<Bundle> {
-        match &self.path {
-            None => embedded::default_bundle(),
-            Some(path) => Bundle::open(path, &self.trust_store()?, self.policy()),
-        }
+        self.open_with(Ok)
     }
 }
 
@@ -154,6 +201,8 @@ pub struct RunArgs {
     #[command(flatten)]
     pub board: BoardArgs,
     #[command(flatten)]
+    pub update: RunUpdateArgs,
+    #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
     pub display: DisplayArgs,
@@ -163,6 +212,19 @@ pub struct RunArgs {
     pub engine: EngineArgs,
     #[command(flatten)]
     pub post: PostprocessArgs,
+}
+
+/// Updates while `run` runs.
+#[derive(Debug, Args)]
+pub struct RunUpdateArgs {
+    /// Poll this channel (`https://.../channel.toml`) and swap in each new
+    /// version between two frames; installs into `--state-dir` (default
+    /// /var/lib/edgevit).
+    #[arg(long, value_name = "URL")]
+    pub update_channel: Option<String>,
+    /// Time between two polls, with up to 10% random jitter either way.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub update_interval: Duration,
 }
 
 #[derive(Debug, Args)]
@@ -308,6 +370,98 @@ pub struct CreateArgs {
     pub out: PathBuf,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum UpdateCommand {
+    /// Write a bundle's tarball and a signed channel pointing at it into a
+    /// directory that any static web server can serve.
+    Publish(PublishArgs),
+    /// Fetch and verify the channel; say whether it offers a newer version.
+    Check(AgentArgs),
+    /// Download, verify, health-check and switch to the channel's version.
+    Apply(AgentArgs),
+    /// Print the state directory: active slot, versions, last error.
+    Status {
+        #[command(flatten)]
+        state: StateArgs,
+        /// Print `state.toml` as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Switch back to the last good slot (after checking it still loads).
+    Rollback {
+        #[command(flatten)]
+        state: StateArgs,
+        #[command(flatten)]
+        trust: TrustArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Signed bundle directory or `.tar` to publish.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Secret key that signs `channel.toml`.
+    #[arg(long, value_name = "KEY.key")]
+    pub key: PathBuf,
+    /// Directory to write the tarball, `channel.toml` and `channel.sig` into.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// How long devices believe this channel.
+    #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
+    pub expires: Duration,
+    /// Keys the bundle's own signature may come from, besides `--key`'s.
+    #[command(flatten)]
+    pub trust: TrustArgs,
+}
+
+/// The state directory of updates.
+#[derive(Debug, Args)]
+pub struct StateArgs {
+    /// Slots a/b, `current` and `state.toml` live here.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// URL of the channel: `https://host/path/channel.toml`, `http://...` or `file://...`.
+    #[arg(long, value_name = "URL")]
+    pub channel: String,
+    #[command(flatten)]
+    pub state: StateArgs,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    #[command(flatten)]
+    pub board: BoardArgs,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+    /// Give up a request after this long, body included.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Give up when no byte arrives for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub stall_timeout: Duration,
+    /// Refuse bundles larger than this many bytes, whatever the channel says.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_bytes: u64,
+}
+
+impl AgentArgs {
+    fn options(&self) -> Result<UpdateOptions> {
+        Ok(UpdateOptions {
+            channel_url: self.channel.clone(),
+            trust: self.trust.store()?,
+            board: self.board.current()?,
+            timeouts: Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() },
+            max_bytes: self.max_bytes,
+            engine: self.engine.options(),
+        })
+    }
+}
+
 /// Runs a parsed command line. `started` is when `main` began.
 pub fn run(cli: Cli, started: Instant) -> Result<()> {
     match cli.command {
@@ -316,14 +470,16 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Eval(args) => eval(args),
         Command::Bench(args) => bench(args, started),
         Command::Bundle(cmd) => bundle(cmd),
+        Command::Update(cmd) => update(cmd),
         Command::Boards { board, current, json } => boards(&board, current, json),
     }
 }
 
 fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
-    let bundle = bundle.open()?;
-    let engine = Engine::load(&bundle, &engine.options())?;
-    Ok((bundle, engine))
+    bundle.open_with(|bundle| {
+        let engine = Engine::load(&bundle, &engine.options())?;
+        Ok((bundle, engine))
+    })
 }
 
 /// The input URI: as given, else the board's camera, else the first camera
@@ -394,8 +550,25 @@ fn run_loop(args: RunArgs) -> Result<()> {
         json: args.json,
         max_frames: args.frames,
     };
+    let updates = match &args.update.update_channel {
+        Some(url) => {
+            let dir =
+                StateDir::new(args.bundle.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+            let options = UpdateOptions {
+                channel_url: url.clone(),
+                trust: args.bundle.trust.store()?,
+                board: board.clone(),
+                timeouts: Timeouts::default(),
+                max_bytes: 1 << 30,
+                engine: args.engine.options(),
+            };
+            Some(crate::update::poll(dir, options, args.update.update_interval)?)
+        }
+        None => None,
+    };
     let mut stdout = std::io::stdout().lock();
-    let summary = crate::pipeline::run(source, &mut engine, display.as_mut(), &opts, &mut stdout)?;
+    let summary =
+        crate::pipeline::run(source, &mut engine, display.as_mut(), &opts, updates.as_ref(), &mut stdout)?;
     let text = format!(
         "{} frames, {} dropped, {:.1} FPS over {:.2} s\n{}",
         summary.frames,
@@ -534,6 +707,73 @@ fn boards(args: &BoardArgs, current: bool, json: bool) -> Result<()> {
                 "no"
             }
         )?;
+    }
+    Ok(())
+}
+
+fn update(cmd: UpdateCommand) -> Result<()> {
+    match cmd {
+        UpdateCommand::Publish(a) => {
+            let key = SecretKey::load(&a.key)?;
+            let mut trust = a.trust.store()?;
+            trust.add(key.public(), a.key.display().to_string());
+            let p = channel::publish(&a.bundle, &trust, &key, &a.out, a.expires)?;
+            let c = &p.channel;
+            println!(
+                "published {} v{}: {} ({} bytes, sha256 {}); {} expires {}",
+                c.name,
+                c.version,
+                p.tarball.display(),
+                c.size,
+                c.sha256,
+                a.out.join(channel::CHANNEL).display(),
+                c.expires
+            );
+        }
+        UpdateCommand::Check(a) => {
+            let offer = agent::check(&StateDir::new(&a.state.state_dir), &a.options()?)?;
+            println!("{offer}");
+        }
+        UpdateCommand::Apply(a) => match agent::apply(&StateDir::new(&a.state.state_dir), &a.options()?)? {
+            Applied::Nothing(offer) => println!("{offer}"),
+            Applied::Installed(installed) => println!("{installed}"),
+        },
+        UpdateCommand::Status { state, json } => {
+            let dir = StateDir::new(&state.state_dir);
+            let mut s = dir.load()?;
+            // Report what the slots say, without writing: status is read-only.
+            s.active = dir.active_slot()?.map(String::from);
+            s.installed = s.active.as_deref().and_then(|a| dir.slot_version(a));
+            if json {
+                println!("{}", serde_json::to_string(&s)?);
+                return Ok(());
+            }
+            let slot = |slot: &Option<String>, version: Option<u64>| match (slot, version) {
+                (Some(s), Some(v)) => format!("slot {s}, v{v}"),
+                (Some(s), None) => format!("slot {s}, unreadable"),
+                _ => "none".into(),
+            };
+            println!("state dir    {}", dir.root.display());
+            println!("active       {}", slot(&s.active, s.installed));
+            println!("last good    {}", slot(&s.last_good, s.last_good_version));
+            println!("highest      v{}", s.highest_version);
+            if let Some(v) = s.rolled_back {
+                println!("rolled back  v{v}");
+            }
+            println!("last error   {}", s.last_error.as_deref().unwrap_or("none"));
+            println!("updated      {}", s.updated.as_deref().unwrap_or("never"));
+        }
+        UpdateCommand::Rollback { state, trust, engine } => {
+            let opts = UpdateOptions {
+                channel_url: String::new(),
+                trust: trust.store()?,
+                board: None,
+                timeouts: Timeouts::default(),
+                max_bytes: 0,
+                engine: engine.options(),
+            };
+            println!("{}", agent::rollback(&StateDir::new(&state.state_dir), &opts)?);
+        }
     }
     Ok(())
 }

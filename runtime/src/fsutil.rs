@@ -26,6 +26,11 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     write_via_temporary(path, bytes, 0o644, false)
 }
 
+/// Syncs a directory, making the renames and creations in it durable.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: cannot sync", dir.display()))
+}
+
 fn write_via_temporary(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,

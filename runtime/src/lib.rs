@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
 pub mod source;
+pub mod update;
 
 pub use bundle::{Bundle, SignaturePolicy};
 pub use embedded::default_bundle;

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -254,12 +255,14 @@ impl Summary {
 }
 
 /// Consumes frames from `slot` until the stream ends or `stop` is set.
+/// An engine arriving on `updates` replaces `engine` between two frames.
 pub fn consume(
     engine: &mut Engine,
     display: &mut dyn Display,
     slot: &Slot,
     stop: &AtomicBool,
     opts: &LoopOptions,
+    updates: Option<&Receiver<Engine>>,
     out: &mut dyn Write,
 ) -> Result<Summary> {
     let mut topk = TopK::default();
@@ -270,8 +273,13 @@ pub fn consume(
     let mut fps = 0.0f32;
     let start = Instant::now();
     let mut last = start;
-    let backend = engine.backend.name();
     while let Some(frame) = slot.take(stop)? {
+        if let Some(new) = updates.and_then(|rx| rx.try_recv().ok()) {
+            log::info!("now running {} v{} (was v{})", new.name, new.version, engine.version);
+            *engine = new;
+            smoother = Smoother::new(opts.smoothing.max(1), engine.labels.len());
+        }
+        let backend = engine.backend.name();
         let t0 = Instant::now();
         engine.set_image(frame.image.view());
         let t1 = Instant::now();
@@ -328,6 +336,7 @@ pub fn run(
     engine: &mut Engine,
     display: &mut dyn Display,
     opts: &LoopOptions,
+    updates: Option<&Receiver<Engine>>,
     out: &mut dyn Write,
 ) -> Result<Summary> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -342,7 +351,7 @@ pub fn run(
             .spawn(move || capture(source, &slot, &stop))
             .context("cannot start the capture thread")?
     };
-    let result = consume(engine, display, &slot, &stop, opts, out);
+    let result = consume(engine, display, &slot, &stop, opts, updates, out);
     stop.store(true, Ordering::Relaxed);
     let _ = producer.join();
     result

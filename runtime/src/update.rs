@@ -1,0 +1,190 @@
+//! Remote model updates: a signed channel on plain static hosting, A/B
+//! slots, a health check before an atomic switch, rollback, and a poller
+//! that hands a new engine to the running loop.
+//!
+//! [`channel`] is the signed pointer to the newest bundle, [`fetch`] moves
+//! bytes (HTTP(S) with Range resume, or `file://`), [`slots`] owns the state
+//! directory and its switches, [`agent`] runs the steps of `apply` in order.
+//! See `doc/updates.md` for the whole story and its guarantees.
+
+pub mod agent;
+pub mod channel;
+pub mod fetch;
+pub mod slots;
+
+use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand_core::{OsRng, RngCore};
+
+use crate::engine::Engine;
+
+/// Where a device keeps its slots, the `current` link and `state.toml`.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgevit";
+
+/// Environment variable naming the [`agent::STEPS`] step at which `apply`
+/// kills its own process with SIGKILL: the crash-consistency tests use it to
+/// stop the agent at every step, exactly as a power cut or an OOM kill would.
+pub const CRASH_ENV: &str = "EDGEVIT_UPDATE_CRASH_AT";
+
+/// Dies at once, without unwinding or flushing, when [`CRASH_ENV`] names `step`.
+pub(crate) fn crash_point(step: &str) {
+    if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
+        // SAFETY: getpid and kill have no preconditions; SIGKILL ends the
+        // process before kill returns.
+        unsafe {
+            libc::kill(libc::getpid(), libc::SIGKILL);
+        }
+    }
+}
+
+/// Polls the channel in the background: the first check within a tenth of
+/// `interval`, then one every `interval`, each wait jittered by up to 10%
+/// either way so that a fleet does not poll in step. Each new version is
+/// installed by [`agent::apply`] and its loaded, health-checked engine sent
+/// to the returned receiver, which the run loop swaps in between frames.
+/// The thread ends when the receiver is dropped.
+pub fn poll(
+    dir: slots::StateDir,
+    options: agent::UpdateOptions,
+    interval: Duration,
+) -> Result<Receiver<Engine>> {
+    let (tx, rx) = sync_channel(1);
+    let jitter = move |lo: f64, hi: f64| {
+        interval.mul_f64(lo + (hi - lo) * (OsRng.next_u32() as f64 / u32::MAX as f64))
+    };
+    std::thread::Builder::new()
+        .name("update".into())
+        .spawn(move || {
+            let mut wait = jitter(0.0, 0.1);
+            loop {
+                std::thread::sleep(wait);
+                wait = jitter(0.9, 1.1);
+                match agent::apply(&dir, &options) {
+                    Ok(agent::Applied::Installed(installed)) => {
+                        log::info!("update: {installed}");
+                        match tx.try_send(installed.engine) {
+                            Ok(()) | Err(TrySendError::Full(_)) => {}
+                            Err(TrySendError::Disconnected(_)) => return,
+                        }
+                    }
+                    Ok(agent::Applied::Nothing(offer)) => log::debug!("update: {offer}"),
+                    Err(e) => log::warn!("update: {e:#}"),
+                }
+            }
+        })
+        .context("cannot start the update thread")?;
+    Ok(rx)
+}
+
+/// Parses `90s`, `15m`, `12h`, `30d` or `500ms` (an integer and a unit).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("expected a duration like 90s, 15m, 12h or 30d but found {text:?}"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => return Err(format!("expected a duration unit ms, s, m, h or d but found {text:?}")),
+    };
+    n.checked_mul(seconds).map(Duration::from_secs).ok_or_else(|| format!("duration {text:?} is too long"))
+}
+
+/// Seconds since the Unix epoch as `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn format_utc(unix: i64) -> String {
+    let (days, secs) = (unix.div_euclid(86400), unix.rem_euclid(86400));
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+/// Parses exactly `YYYY-MM-DDTHH:MM:SSZ` into seconds since the Unix epoch.
+pub fn parse_utc(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    if b[19] != b'Z' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let s = &text[r];
+        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+    };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&mo) || d < 1 || d > days_in_month(y, mo) || h > 23 || mi > 59 || s > 59 {
+        return None;
+    }
+    Some(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + s)
+}
+
+fn days_in_month(y: i64, m: i64) -> i64 {
+    match m {
+        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+/// The inverse of [`days_from_civil`].
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// Seconds since the Unix epoch, now.
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_one_unit() {
+        assert_eq!(parse_duration("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_duration("30d"), Ok(Duration::from_secs(30 * 86400)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        for bad in ["", "m", "15", "1.5h", "-1s", "3w"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn utc_round_trips_and_rejects_other_forms() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(parse_utc("2000-02-29T12:34:56Z"), Some(951827696));
+        for t in [0, 951827696, 1_795_000_000, 4_102_444_800] {
+            assert_eq!(parse_utc(&format_utc(t)), Some(t));
+        }
+        for bad in ["2001-02-29T00:00:00Z", "2026-11-28 22:00:00Z", "2026-11-28T22:00:00+01:00", ""] {
+            assert_eq!(parse_utc(bad), None, "{bad}");
+        }
+    }
+}
