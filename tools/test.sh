@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: the data set the accuracy tests read, and libclang for the
-# bindings the v4l crate generates at build time.
-packages=(dataset-fashion-mnist libclang-dev)
+# Debian packages: the data set the accuracy tests read, libclang for the
+# bindings the v4l crate generates at build time, and nginx, the static web
+# server the update tests publish channels on.
+packages=(dataset-fashion-mnist libclang-dev nginx)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
