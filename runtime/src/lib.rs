@@ -23,6 +23,7 @@ pub mod postprocess;
 pub mod preprocess;
 pub mod source;
 pub mod update;
+mod watchdog;
 
 pub use bundle::{Bundle, SignaturePolicy};
 pub use embedded::default_bundle;

@@ -299,6 +299,7 @@ pub fn consume(
             h.record(d);
         }
         frames += 1;
+        crate::watchdog::alive();
         let dt = (t4 - last).as_secs_f32();
         last = t4;
         fps = if frames == 1 { 1.0 / dt.max(1e-6) } else { 0.9 * fps + 0.1 / dt.max(1e-6) };
