@@ -55,6 +55,8 @@ pub enum SignaturePolicy {
     Require,
     /// Do not check it (explicit user choice, logged).
     Skip,
+    /// The bundle is being created or signed: there is no signature to check yet.
+    Signing,
 }
 
 /// What opening the bundle established.
@@ -239,6 +241,7 @@ impl RawBundle {
                 log::warn!("bundle {origin}: signature check skipped on request");
                 None
             }
+            SignaturePolicy::Signing => None,
             SignaturePolicy::Require => {
                 if trust.is_empty() {
                     return Err(BundleError::NoTrustedKeys(crate::keys::DEFAULT_TRUST_DIR.into()).into());
@@ -466,7 +469,7 @@ pub fn file_entry(bytes: &[u8]) -> FileEntry {
 pub fn sign_dir(dir: &Path, key: &SecretKey) -> Result<PathBuf> {
     let raw = RawBundle::from_dir(dir).with_context(|| format!("bundle {}", dir.display()))?;
     let manifest = raw.manifest.clone();
-    raw.verify(dir.display().to_string(), &TrustStore::default(), SignaturePolicy::Skip)
+    raw.verify(dir.display().to_string(), &TrustStore::default(), SignaturePolicy::Signing)
         .with_context(|| format!("bundle {}", dir.display()))?;
     let sig = key.sign(&manifest);
     let path = dir.join(SIGNATURE);

@@ -84,7 +84,8 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
         b"",
         &files.iter().map(|(n, b)| (*n, b.as_slice())).collect::<Vec<_>>(),
     );
-    let bundle = raw.verify(opts.out.display().to_string(), &TrustStore::default(), SignaturePolicy::Skip)?;
+    let bundle =
+        raw.verify(opts.out.display().to_string(), &TrustStore::default(), SignaturePolicy::Signing)?;
     let mut engine = Engine::load(&bundle, &EngineOptions::default())?;
 
     if !opts.golden_images.is_empty() {

@@ -19,7 +19,9 @@ fn main() -> ExitCode {
             }) {
                 return ExitCode::SUCCESS;
             }
-            eprintln!("edgevit: {err:#}");
+            // One line, whatever the libraries put in their messages.
+            let message = format!("{err:#}");
+            eprintln!("edgevit: {}", message.split_whitespace().collect::<Vec<_>>().join(" "));
             ExitCode::FAILURE
         }
     }
