@@ -25,7 +25,7 @@ use v4l::{Device, Format, FourCC, Fraction};
 
 use super::convert::{mjpeg_to_rgb, yuyv_to_rgb};
 use super::{Capture, Source, MAX_WAIT};
-use crate::preprocess::{Image, PixelFormat};
+use crate::preprocess::{Image, PixelFormat, MAX_IMAGE_SIDE};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -35,7 +35,7 @@ const STALL: Duration = Duration::from_secs(5);
 
 /// The pixel formats edgevit reads from cameras.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Pixels {
+pub enum Pixels {
     Mjpeg,
     Yuyv,
 }
@@ -269,32 +269,50 @@ impl Live {
             0 => buf.len(),
             n => n.min(buf.len()),
         };
-        let (w, h) = (self.width as usize, self.height as usize);
-        let mut rgb = vec![0; w * h * 3];
-        let converted = match self.pixels {
-            Pixels::Yuyv if used < self.stride * (h - 1) + 2 * w => {
-                Err(anyhow!("expected a {w}x{h} YUYV frame but it has {used} bytes"))
+        match camera_frame(self.pixels, self.width, self.height, self.stride, &buf[..used]) {
+            Ok(image) => {
+                self.delivered = true;
+                Ok(Some(image))
             }
-            Pixels::Yuyv => {
-                for (row, out) in rgb.chunks_exact_mut(w * 3).enumerate() {
-                    yuyv_to_rgb(&buf[row * self.stride..][..2 * w], self.width, 1, out);
+            Err(e) => {
+                self.bad_frames += 1;
+                if self.bad_frames == 1 {
+                    log::warn!("{}: skipping a bad frame: {e:#}", self.description);
+                } else {
+                    log::debug!("{}: skipping bad frame {}: {e:#}", self.description, self.bad_frames);
                 }
-                Ok(())
+                Ok(None)
             }
-            Pixels::Mjpeg => mjpeg_to_rgb(&buf[..used], self.width, self.height, &mut rgb),
-        };
-        if let Err(e) = converted {
-            self.bad_frames += 1;
-            if self.bad_frames == 1 {
-                log::warn!("{}: skipping a bad frame: {e:#}", self.description);
-            } else {
-                log::debug!("{}: skipping bad frame {}: {e:#}", self.description, self.bad_frames);
-            }
-            return Ok(None);
         }
-        self.delivered = true;
-        Ok(Some(Image { width: self.width, height: self.height, format: PixelFormat::Rgb8, data: rgb }))
     }
+}
+
+/// Converts one frame as a camera delivered it (`bytes`: the buffer's used
+/// part) to an RGB8 image of `width x height`. YUYV rows are `stride`
+/// bytes apart (at least `2 * width`, `width` even); MJPEG frames must
+/// decode to exactly that size. A frame that does not fit is an error,
+/// never a panic: drivers hand over whatever they have.
+pub fn camera_frame(pixels: Pixels, width: u32, height: u32, stride: usize, bytes: &[u8]) -> Result<Image> {
+    let (w, h) = (width as usize, height as usize);
+    if w == 0 || h == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
+        bail!("expected frame sides in 1..={MAX_IMAGE_SIDE} but the frame is {w}x{h}");
+    }
+    let mut rgb = vec![0; w * h * 3];
+    match pixels {
+        Pixels::Yuyv if w % 2 != 0 || stride < 2 * w => {
+            bail!("expected an even width and a stride of at least {} bytes but have {w} and {stride}", 2 * w)
+        }
+        Pixels::Yuyv if bytes.len() < stride * (h - 1) + 2 * w => {
+            bail!("expected a {w}x{h} YUYV frame but it has {} bytes", bytes.len())
+        }
+        Pixels::Yuyv => {
+            for (row, out) in rgb.chunks_exact_mut(w * 3).enumerate() {
+                yuyv_to_rgb(&bytes[row * stride..][..2 * w], width, 1, out);
+            }
+        }
+        Pixels::Mjpeg => mjpeg_to_rgb(bytes, width, height, &mut rgb)?,
+    }
+    Ok(Image { width, height, format: PixelFormat::Rgb8, data: rgb })
 }
 
 /// Drops a camera. `v4l` panics when tearing down buffers fails with anything
