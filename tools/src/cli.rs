@@ -1,15 +1,16 @@
 //! The `edgevit-tools` verbs and their flags; `main.rs` only parses and maps
 //! errors to the exit code.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgevit::keys::{SecretKey, TrustStore};
 
-use crate::firmware;
+use crate::cross::Profile;
+use crate::{firmware, image};
 
-/// Build tools of edgevit: firmware images.
+/// Build tools of edgevit: firmware images per board.
 #[derive(Debug, Parser)]
 #[command(name = "edgevit-tools", version)]
 pub struct Cli {
@@ -26,10 +27,39 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum FirmwareCommand {
+    /// Build one board's image: cross-compile edgevit under the board's glibc
+    /// floor, prebuild its PTX, lay out the device tree and pack it (this is
+    /// `firmware --board B --bundle M --key K --out DIR` of the design).
+    Build(BuildArgs),
     /// Pack a staging tree into a signed, reproducible image.
     Pack(PackArgs),
     /// Check an image's signature and every entry against its manifest.
     Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Board profile, a file in boards/ (see `edgevit boards`).
+    #[arg(long, value_name = "NAME")]
+    pub board: String,
+    /// Model bundle (directory or `.tar`) installed in slot a; it must be
+    /// signed by --key or a --trust key and fit the board.
+    #[arg(long, value_name = "PATH")]
+    pub bundle: PathBuf,
+    /// Ed25519 signing key (`.key` file): signs the image; its public half
+    /// is trusted on the device.
+    #[arg(long, value_name = "KEY.key")]
+    pub key: PathBuf,
+    /// Another public key the device trusts (repeatable).
+    #[arg(long, value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Cargo profile of the binary: dev (optimized dependencies, what the
+    /// tests build) or release.
+    #[arg(long, value_enum, default_value = "release")]
+    pub profile: Profile,
+    /// Directory for the image, `edgevit-BOARD.tar`, replaced atomically.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -58,6 +88,18 @@ pub struct VerifyArgs {
 /// Runs one verb, printing its result on stdout.
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Firmware(FirmwareCommand::Build(args)) => {
+            let request = image::BuildRequest {
+                workspace: source_tree(),
+                board: args.board,
+                bundle: args.bundle,
+                key: args.key,
+                trust: args.trust,
+                profile: args.profile,
+                out: args.out,
+            };
+            println!("{}", image::build(&request)?);
+        }
         Command::Firmware(FirmwareCommand::Pack(args)) => {
             let key = SecretKey::load(&args.key)?;
             let summary = firmware::pack(&args.root, &key, &args.out)?;
@@ -70,4 +112,10 @@ pub fn run(cli: Cli) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The source tree this binary was built from, which `firmware build`
+/// compiles `edgevit` from.
+fn source_tree() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
