@@ -1,44 +1,35 @@
 #!/usr/bin/env bash
-# Cross-compiles edgevit for a board with a glibc no newer than the board's
-# floor, and checks the binary's GLIBC version needs against that floor.
+# Installs what `edgevit-tools firmware build` cross-compiles with, when
+# missing:
+#   tools/cross-setup.sh [TRIPLE...]      # default: aarch64-unknown-linux-gnu
 #
-#   tools/cross-build.sh BOARD [--release]      # e.g. jetson-xavier-nx
-#
-# How: zig as the C compiler and linker (the `ziglang` wheel from PyPI, in
-# .venv/) through cargo-zigbuild, which links against the glibc version named
-# in the target (aarch64-unknown-linux-gnu.2.31). The v4l crate generates its
-# bindings with bindgen at build time; for a foreign target it gets zig's copy
-# of the Linux and glibc headers. Prints the binary's path last.
+# - zig, the C compiler and linker that links against any glibc version:
+#   the `ziglang` wheel from PyPI, pinned, in .venv/;
+# - cargo-zigbuild, pinned, whose `zig cc` adapts rustc's linker arguments
+#   to zig;
+# - the Rust standard library of each TRIPLE (rustup target add).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-board=${1:?usage: tools/cross-build.sh BOARD [--release]}
-profile=debug
-cargo_profile=()
-if [ "${2:-}" = "--release" ]; then profile=release; cargo_profile=(--release); fi
+zig_wheel=ziglang==0.17.1
+zigbuild_version=0.24.1
+triples=("$@")
+[ ${#triples[@]} -gt 0 ] || triples=(aarch64-unknown-linux-gnu)
 
-cargo build -q -p edgevit --bin edgevit
-read -r target glibc < <(target/debug/edgevit boards --current --board "$board" --json |
-  python3 -c 'import json,sys; b=json.load(sys.stdin); print(b["target"], b["glibc"])')
-
-[ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -c "import ziglang" 2>/dev/null || .venv/bin/pip install -q ziglang==0.17.1
-command -v cargo-zigbuild >/dev/null || cargo install -q --locked cargo-zigbuild@0.24.1
-rustup target list --installed | grep -qx "$target" || rustup target add "$target"
-
-zig_include="$PWD/.venv/lib/python3.11/site-packages/ziglang/lib/libc/include"
-arch=${target%%-*}
-export PATH="$PWD/.venv/bin:$PATH"
-export BINDGEN_EXTRA_CLANG_ARGS="-I$zig_include/$arch-linux-gnu -I$zig_include/generic-glibc -I$zig_include/$arch-linux-any -I$zig_include/any-linux-any"
-# One target directory per glibc floor: the final link differs, the
-# compiled crates could be shared but cargo would not relink on its own.
-target_dir="target/cross-glibc-$glibc"
-cargo zigbuild -q "${cargo_profile[@]}" -p edgevit --bin edgevit --target "$target.$glibc" --target-dir "$target_dir"
-binary="$target_dir/$target/$profile/edgevit"
-
-needed=$(readelf -V "$binary" | grep -o 'GLIBC_[0-9][0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -n 1)
-if [ "$(printf '%s\n%s\n' "$needed" "$glibc" | sort -V | tail -n 1)" != "$glibc" ]; then
-  echo "tools/cross-build.sh: $binary needs GLIBC_$needed, newer than $board's $glibc" >&2
-  exit 1
+if ! { [ -x .venv/bin/python ] && .venv/bin/python -m pip list --format=freeze 2>/dev/null | grep -qixF "$zig_wheel"; }; then
+  echo "tools/cross-setup.sh: installing $zig_wheel into .venv/"
+  [ -x .venv/bin/python ] || python3 -m venv .venv || {
+    echo "tools/cross-setup.sh: python3 -m venv failed (on Debian: apt-get install python3-venv)" >&2
+    exit 1
+  }
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$zig_wheel"
 fi
-echo "tools/cross-build.sh: $board ($target, glibc floor $glibc): needs GLIBC_$needed at most" >&2
-echo "$binary"
+
+if [ "$(cargo-zigbuild --version 2>/dev/null)" != "cargo-zigbuild $zigbuild_version" ]; then
+  echo "tools/cross-setup.sh: installing cargo-zigbuild $zigbuild_version"
+  cargo install -q --locked "cargo-zigbuild@$zigbuild_version"
+fi
+
+installed=$(rustup target list --installed)
+for t in "${triples[@]}"; do
+  grep -qx "$t" <<<"$installed" || rustup target add "$t"
+done

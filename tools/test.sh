@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the data set the accuracy tests read, libclang for the
-# bindings the v4l crate generates at build time, and nginx, the static web
-# server the update tests publish channels on.
-packages=(dataset-fashion-mnist libclang-dev nginx)
+# bindings the v4l crate generates at build time, nginx, the static web
+# server the update tests publish channels on, and qemu with the arm64
+# C library, under which the firmware test runs an image's binary.
+packages=(dataset-fashion-mnist libclang-dev nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -20,6 +21,10 @@ if [ ${#missing[@]} -gt 0 ]; then
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
+
+# zig, cargo-zigbuild and the aarch64 standard library, with which the
+# firmware test cross-compiles images (tools/tests/firmware_build.rs).
+tools/cross-setup.sh aarch64-unknown-linux-gnu
 
 # NVRTC and the CUDA runtime headers, with which kernels/tests/nvrtc.rs
 # compiles every kernels/cuda/*.cu to PTX for every board (no GPU needed):

@@ -1,0 +1,345 @@
+//! End-to-end tests of `edgevit-tools firmware build`: real cross builds
+//! for two aarch64 boards with different glibc floors, the images read back
+//! entry by entry, and the Orin image's binary run under qemu against the
+//! host engine.
+//!
+//! Cross builds are slow, so each board's image is built once per run and
+//! shared by the tests (under the test target directory); the two boards
+//! share their compiled dependencies and differ in the final link. Needs
+//! what `tools/test.sh` installs: zig, cargo-zigbuild, the aarch64 standard
+//! library, NVRTC (Orin's PTX), qemu-user-static and the arm64 C library.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use edgevit::keys::TrustStore;
+use edgevit::preprocess::Image;
+use edgevit::{Bundle, Engine, EngineOptions, SignaturePolicy};
+use edgevit_tools::elf::{self, GlibcVersion};
+
+const ORIN: &str = "jetson-orin-nano";
+const XAVIER: &str = "jetson-xavier-nx";
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn dev_key(ext: &str) -> PathBuf {
+    workspace().join("models/keys").join(format!("dev-test-only.{ext}"))
+}
+
+fn bundle_dir() -> PathBuf {
+    workspace().join("models/fmnist-vit-ggem")
+}
+
+/// Runs `firmware build` for `board` into `out` (dev profile), panicking
+/// with the tool's output when it fails; returns the image path and stdout.
+fn build(board: &str, out: &Path) -> (PathBuf, String) {
+    let _ = fs::remove_dir_all(out);
+    let output = Command::new(env!("CARGO_BIN_EXE_edgevit-tools"))
+        .args(["firmware", "build", "--board", board, "--profile", "dev", "--bundle"])
+        .arg(bundle_dir())
+        .arg("--key")
+        .arg(dev_key("key"))
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "firmware build {board} failed:\n{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (out.join(format!("edgevit-{board}.tar")), stdout)
+}
+
+/// An image built once per test run, shared by the tests that read it.
+struct Built {
+    image: PathBuf,
+    summary: String,
+}
+
+fn image(board: &'static str) -> &'static Built {
+    static ORIN_IMAGE: OnceLock<Built> = OnceLock::new();
+    static XAVIER_IMAGE: OnceLock<Built> = OnceLock::new();
+    let cell = match board {
+        ORIN => &ORIN_IMAGE,
+        XAVIER => &XAVIER_IMAGE,
+        _ => unreachable!("no shared image for {board}"),
+    };
+    cell.get_or_init(|| {
+        let (image, summary) =
+            build(board, &Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware").join(board));
+        Built { image, summary }
+    })
+}
+
+/// What an image holds: regular files with their bytes, symlinks with
+/// their targets, directories.
+#[derive(Default)]
+struct Contents {
+    files: BTreeMap<String, Vec<u8>>,
+    symlinks: BTreeMap<String, String>,
+    directories: Vec<String>,
+}
+
+fn contents(image: &Path) -> Contents {
+    let mut archive = tar::Archive::new(fs::File::open(image).unwrap());
+    let mut contents = Contents::default();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = String::from_utf8(entry.path_bytes().into_owned()).unwrap();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            contents.directories.push(path.trim_end_matches('/').to_string());
+        } else if kind.is_symlink() {
+            let target = entry.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+            contents.symlinks.insert(path, target);
+        } else {
+            let mut bytes = Vec::new();
+            entry.read_to_end(&mut bytes).unwrap();
+            contents.files.insert(path, bytes);
+        }
+    }
+    contents
+}
+
+#[test]
+fn two_builds_in_a_row_give_identical_images() {
+    let first = image(ORIN);
+    let again = Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware-again").join(ORIN);
+    let (second, _) = build(ORIN, &again);
+    assert!(fs::read(&first.image).unwrap() == fs::read(&second).unwrap(), "two builds of {ORIN} differ");
+    let verified = Command::new(env!("CARGO_BIN_EXE_edgevit-tools"))
+        .args(["firmware", "verify"])
+        .arg(&second)
+        .arg("--trust")
+        .arg(dev_key("pub"))
+        .output()
+        .unwrap();
+    assert!(verified.status.success(), "{}", String::from_utf8_lossy(&verified.stderr));
+}
+
+/// Reads the image's binary and checks its machine and glibc needs.
+fn assert_glibc_floor(board: &'static str, floor: &str) {
+    let built = image(board);
+    let contents = contents(&built.image);
+    let needs = elf::needs(&contents.files["usr/bin/edgevit"]).unwrap();
+    assert_eq!(needs.arch, "aarch64");
+    let floor = GlibcVersion::parse(floor).unwrap();
+    let newest = needs.newest().expect("a glibc binary needs some GLIBC version");
+    assert!(*newest <= floor, "{board}: the binary needs GLIBC_{newest}, newer than {floor}: {needs:?}");
+    assert!(needs.glibc_other.is_empty(), "{board}: {needs:?}");
+    assert!(
+        built.summary.contains(&format!("needs GLIBC_{newest} at most; floor {floor}")),
+        "{}",
+        built.summary
+    );
+}
+
+#[test]
+fn orin_nano_binary_needs_no_glibc_newer_than_2_35() {
+    assert_glibc_floor(ORIN, "2.35");
+}
+
+#[test]
+fn xavier_nx_binary_needs_no_glibc_newer_than_2_31() {
+    assert_glibc_floor(XAVIER, "2.31");
+}
+
+#[test]
+fn images_hold_the_device_tree() {
+    let orin = contents(&image(ORIN).image);
+    let board = fs::read(workspace().join("boards/jetson-orin-nano.toml")).unwrap();
+    assert_eq!(orin.files["etc/edgevit/board.toml"], board);
+    assert!(orin.files["usr/lib/edgevit/kernels/sm_87/ggem.ptx"].starts_with(b"//"));
+    assert!(String::from_utf8_lossy(&orin.files["usr/lib/edgevit/kernels/sm_87/ggem.ptx"])
+        .contains(".target sm_87"));
+    let unit = String::from_utf8(orin.files["etc/systemd/system/edgevit.service"].clone()).unwrap();
+    for line in ["ExecStart=/usr/bin/edgevit run", "Restart=on-failure", "WatchdogSec=30", "Type=notify"] {
+        assert!(unit.lines().any(|l| l == line), "{line} missing from the unit:\n{unit}");
+    }
+    let key = String::from_utf8(orin.files["etc/edgevit/keys/dev-test-only.pub"].clone()).unwrap();
+    let shipped = fs::read_to_string(dev_key("pub")).unwrap();
+    assert_eq!(key.lines().last(), shipped.lines().last(), "the image trusts another key");
+    for file in ["manifest.toml", "manifest.sig", "model.onnx", "labels.txt"] {
+        assert_eq!(
+            orin.files[&format!("var/lib/edgevit/slots/a/{file}")],
+            fs::read(bundle_dir().join(file)).unwrap(),
+            "slot a: {file}"
+        );
+    }
+    assert_eq!(orin.symlinks["var/lib/edgevit/current"], "slots/a");
+
+    let xavier = contents(&image(XAVIER).image);
+    assert!(
+        !xavier.directories.iter().any(|d| d.starts_with("usr/lib/edgevit/kernels")),
+        "a CPU board's image holds kernels: {:?}",
+        xavier.directories
+    );
+    assert!(image(XAVIER).summary.contains("kernels  none"), "{}", image(XAVIER).summary);
+}
+
+/// The index of the largest logit.
+fn top1(logits: &[f32]) -> usize {
+    (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap()
+}
+
+fn qemu() -> &'static str {
+    for name in ["qemu-aarch64-static", "qemu-aarch64"] {
+        if Command::new(name).arg("--version").output().is_ok_and(|o| o.status.success()) {
+            return name;
+        }
+    }
+    panic!("qemu-aarch64-static not found (tools/test.sh installs qemu-user-static)");
+}
+
+#[test]
+fn qemu_run_of_the_image_agrees_with_the_host_on_every_sample() {
+    let root = tempfile::tempdir().unwrap();
+    tar::Archive::new(fs::File::open(&image(ORIN).image).unwrap()).unpack(root.path()).unwrap();
+    let mut samples: Vec<PathBuf> = fs::read_dir(workspace().join("models/samples/fashion-mnist"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "png"))
+        .collect();
+    samples.sort();
+    assert_eq!(samples.len(), 20);
+
+    let sysroot = Path::new("/usr/aarch64-linux-gnu");
+    assert!(sysroot.join("lib/ld-linux-aarch64.so.1").exists(), "libc6-arm64-cross is not installed");
+    let output = Command::new(qemu())
+        .arg("-L")
+        .arg(sysroot)
+        .arg(root.path().join("usr/bin/edgevit"))
+        .args(["classify", "--json", "--bundle"])
+        .arg(root.path().join("var/lib/edgevit/current"))
+        .arg("--trust-dir")
+        .arg(root.path().join("etc/edgevit/keys"))
+        .args(&samples)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "qemu run failed: {}", String::from_utf8_lossy(&output.stderr));
+    let lines: Vec<serde_json::Value> =
+        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), samples.len());
+
+    let trust = TrustStore::load(&[dev_key("pub")], None).unwrap();
+    let bundle = Bundle::open(&bundle_dir(), &trust, SignaturePolicy::Require).unwrap();
+    let mut engine = Engine::load(&bundle, &EngineOptions::default()).unwrap();
+    for (sample, line) in samples.iter().zip(&lines) {
+        engine.set_image(Image::open(sample).unwrap().view());
+        let host = top1(engine.run().unwrap());
+        let logits: Vec<f32> =
+            line["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let emulated = top1(&logits);
+        assert_eq!(
+            emulated,
+            host,
+            "{}: aarch64 under qemu says {} but the host says {}",
+            sample.display(),
+            engine.labels[emulated],
+            engine.labels[host]
+        );
+    }
+}
+
+/// Runs `firmware build` expected to fail before compiling anything;
+/// returns stderr and checks that `out` holds nothing afterwards.
+fn build_error(args: &[&std::ffi::OsStr], out: &Path) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_edgevit-tools"))
+        .args(["firmware", "build", "--profile", "dev", "--out"])
+        .arg(out)
+        .args(args)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stdout));
+    let leftovers: Vec<_> =
+        fs::read_dir(out).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "a failed build left {leftovers:?}");
+    String::from_utf8(output.stderr).unwrap()
+}
+
+/// A copy of the shipped bundle listing `compatible`, signed with `key`.
+fn bundle_copy(dir: &Path, compatible: &str, key: &edgevit::keys::SecretKey) -> PathBuf {
+    let copy = dir.join("bundle");
+    fs::create_dir_all(&copy).unwrap();
+    for entry in fs::read_dir(bundle_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            fs::copy(&path, copy.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    copy_dir(&bundle_dir().join("golden"), &copy.join("golden"));
+    let manifest = fs::read_to_string(copy.join("manifest.toml")).unwrap();
+    fs::write(copy.join("manifest.toml"), manifest.replace("compatible = [\"any\"]", compatible)).unwrap();
+    edgevit::bundle::sign_dir(&copy, key).unwrap();
+    copy
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    fs::create_dir(to).unwrap();
+    for entry in fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+    }
+}
+
+#[test]
+fn bad_requests_fail_with_one_line_and_leave_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dist");
+    let key = dev_key("key");
+    let bundle = bundle_dir();
+    let os = |s: &str| std::ffi::OsString::from(s);
+    let args = |board: &str, bundle: &Path, key: &Path| {
+        vec![os("--board"), os(board), os("--bundle"), bundle.into(), os("--key"), key.into()]
+    };
+    let run = |args: Vec<std::ffi::OsString>| {
+        let refs: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        build_error(&refs, &out)
+    };
+
+    let err = run(args("jetson-orin-max", &bundle, &key));
+    assert!(
+        err.starts_with("edgevit-tools: board jetson-orin-max: expected one of jetson-orin-nano"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let err = run(args(ORIN, &bundle, &dir.path().join("missing.key")));
+    assert!(
+        err.starts_with("edgevit-tools: signing key ") && err.contains("missing.key: cannot read"),
+        "{err}"
+    );
+
+    let stranger = edgevit::keys::SecretKey::generate();
+    let unsigned = bundle_copy(&dir.path().join("a"), "compatible = [\"any\"]", &stranger);
+    let err = run(args(ORIN, &unsigned, &key));
+    assert_eq!(
+        err,
+        format!(
+            "edgevit-tools: bundle {}: manifest.sig does not verify with any trusted key (tried 1)\n",
+            unsigned.display()
+        )
+    );
+
+    let xavier_only = bundle_copy(&dir.path().join("b"), "compatible = [\"jetson-xavier\"]", &stranger);
+    let mut with_trust = args(ORIN, &xavier_only, &key);
+    let stranger_pub = dir.path().join("stranger.pub");
+    stranger.write_pair(&dir.path().join("stranger"), "test key").unwrap();
+    with_trust.extend([os("--trust"), stranger_pub.into()]);
+    let err = run(with_trust);
+    assert_eq!(
+        err,
+        format!(
+            "edgevit-tools: bundle {}: fits jetson-xavier but board {ORIN} is family jetson-orin\n",
+            xavier_only.display()
+        )
+    );
+}
