@@ -53,8 +53,7 @@ pub struct BuildArgs {
     /// Another public key the device trusts (repeatable).
     #[arg(long, value_name = "KEY.pub")]
     pub trust: Vec<PathBuf>,
-    /// Cargo profile of the binary: dev (optimized dependencies, what the
-    /// tests build) or release.
+    /// Cargo profile of the binary.
     #[arg(long, value_enum, default_value = "release")]
     pub profile: Profile,
     /// Directory for the image, `edgevit-BOARD.tar`, replaced atomically.

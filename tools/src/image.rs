@@ -137,16 +137,16 @@ pub fn build(request: &BuildRequest) -> Result<BuildSummary> {
         );
     }
 
+    // The PTX step is quick and fails for reasons unrelated to the build
+    // (no NVRTC): run it before anything is written.
+    let kernels = prebuild_ptx(&board)?;
+
     fs::create_dir_all(&request.out).with_context(|| format!("{}: cannot create", request.out.display()))?;
     let staging = tempfile::Builder::new()
         .prefix(".edgevit-staging-")
         .tempdir_in(&request.out)
         .with_context(|| format!("{}: cannot create a staging directory", request.out.display()))?;
     let root = staging.path();
-
-    // The PTX step is quick and fails for reasons unrelated to the build
-    // (no NVRTC): run it first.
-    let kernels = prebuild_ptx(&board)?;
 
     let progress = spinner();
     let binary = cross::build(&workspace, &board, request.profile, &progress);
