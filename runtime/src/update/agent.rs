@@ -208,7 +208,7 @@ fn apply_locked(dir: &StateDir, opts: &UpdateOptions, mut state: State) -> Resul
         }
     }
     let url = channel.bundle_url(&opts.channel_url);
-    let moved = fetcher.download(&url, channel.size, &part, |_| {})?;
+    let moved = fetcher.download(&url, channel.size, &part)?;
     crash_point("downloaded");
 
     let result = install(dir, opts, &channel, &part, &state);

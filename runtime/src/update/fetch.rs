@@ -72,17 +72,11 @@ impl Fetcher {
 
     /// Downloads `url`, which must be exactly `size` bytes, into `part`,
     /// resuming from `part`'s length when it already holds a prefix. Bytes
-    /// arrive in the file as they come; `on_progress` sees the file's length.
+    /// go to the file as they arrive.
     /// A server that declares a different size than `size` is an error and
     /// the staging file is removed; a connection that ends early keeps it
     /// for the next attempt.
-    pub fn download(
-        &self,
-        url: &str,
-        size: u64,
-        part: &Path,
-        mut on_progress: impl FnMut(u64),
-    ) -> Result<Downloaded> {
+    pub fn download(&self, url: &str, size: u64, part: &Path) -> Result<Downloaded> {
         let mut have = std::fs::metadata(part).map_or(0, |m| m.len());
         if have > size {
             have = 0;
@@ -131,7 +125,6 @@ impl Fetcher {
             }
             file.write_all(&buf[..n]).with_context(|| format!("{}: cannot write", part.display()))?;
             written += n as u64;
-            on_progress(written);
             super::crash_point("download-started");
             if !halfway && written * 2 >= size {
                 halfway = true;
