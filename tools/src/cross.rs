@@ -112,14 +112,26 @@ pub fn build(
     let _lock = lock(&target_dir.join("build.lock"))?;
 
     let env_target = target.replace('-', "_");
-    let include = |dir: &str| format!("-I{}", toolchain.libc_include.join(dir).display());
-    let bindgen_args = [
-        include(&format!("{arch}-linux-gnu")),
-        include("generic-glibc"),
-        include(&format!("{arch}-linux-any")),
-        include("any-linux-any"),
-    ]
-    .join(" ");
+    // zig keeps one set of glibc headers for 32- and 64-bit x86.
+    let header_arch = match arch {
+        "x86_64" | "i686" => "x86",
+        other => other,
+    };
+    let header_dirs = [
+        format!("{header_arch}-linux-gnu"),
+        "generic-glibc".into(),
+        format!("{header_arch}-linux-any"),
+        "any-linux-any".into(),
+    ];
+    let mut bindgen_args = Vec::new();
+    for dir in header_dirs {
+        let dir = toolchain.libc_include.join(dir);
+        if !dir.is_dir() {
+            bail!("zig has no C headers for {target}: expected {}", dir.display());
+        }
+        bindgen_args.push(format!("-I{}", dir.display()));
+    }
+    let bindgen_args = bindgen_args.join(" ");
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
