@@ -5,8 +5,10 @@
 //! runtime. The engine owns its input tensor and logits buffer and reuses them,
 //! so classifying a frame allocates nothing on our side.
 
+use std::cell::Cell;
 use std::fmt;
-use std::sync::Arc;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Once};
 
 use anyhow::{bail, Context, Result};
 use tract_onnx::prelude::*;
@@ -137,6 +139,40 @@ fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
     Ok(())
 }
 
+thread_local! {
+    /// Set while [`without_panics`] runs on this thread: its panics are errors, not messages.
+    static PANICS_ARE_ERRORS: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f`, turning a panic inside it into an error. tract assumes models
+/// are well formed and panics on some that are not (a dangling reference in
+/// the graph, for one); a bundle is untrusted input, so a hostile model must
+/// be refused with one line like any other bad file. The panic message is
+/// kept out of stderr by a hook installed once, which passes every other
+/// panic on to the hook that was there before.
+fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !PANICS_ARE_ERRORS.with(Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    PANICS_ARE_ERRORS.with(|p| p.set(true));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(f));
+    PANICS_ARE_ERRORS.with(|p| p.set(false));
+    result.unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "no message".into());
+        bail!("tract failed while {what}: {message} (a malformed model it does not check)")
+    })
+}
+
 impl Engine {
     /// Loads the bundle's model on `backend`, checking it against the manifest.
     pub fn load(bundle: &Bundle, options: &EngineOptions) -> Result<Engine> {
@@ -145,7 +181,7 @@ impl Engine {
         backend.check().with_context(|| format!("backend {backend}"))?;
         let m = &bundle.manifest;
         let spec = m.input.clone();
-        let runnable = (|| -> Result<Box<dyn Runnable>> {
+        let runnable = without_panics("loading the model", || -> Result<Box<dyn Runnable>> {
             let mut model = tract_onnx::onnx()
                 .model_for_read(&mut bundle.model_bytes())
                 .map_err(|e| anyhow::anyhow!("expected an ONNX model tract can load but {e}"))?;
@@ -175,10 +211,14 @@ impl Engine {
             if out.datum_type != f32::datum_type() {
                 bail!("expected f32 logits but the model outputs {:?}", out.datum_type);
             }
-            backend.runtime().prepare(typed).map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))
-        })()
+            let runnable = backend
+                .runtime()
+                .prepare(typed)
+                .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))?;
+            Ok(runnable)
+        })
         .with_context(context)?;
-        let state = runnable.spawn().with_context(context)?;
+        let state = without_panics("starting the model", || runnable.spawn()).with_context(context)?;
         let input = Arc::new(Tensor::zero::<f32>(&spec.shape(1))?);
         log::info!("bundle {}: {} v{} loaded on {backend}", bundle.origin, m.name, m.version);
         Ok(Engine {
