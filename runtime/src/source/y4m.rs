@@ -47,7 +47,8 @@ impl Header {
         let mut colourspace = "420jpeg".to_string();
         let mut range = Range::Limited;
         for tag in params.split(' ').filter(|t| !t.is_empty()) {
-            let (key, value) = tag.split_at(1);
+            // The key is one character, which need not be one byte.
+            let (key, value) = tag.split_at(tag.chars().next().map_or(0, char::len_utf8));
             match key {
                 "W" => width = Some(parse_side("W (width)", value)?),
                 "H" => height = Some(parse_side("H (height)", value)?),
@@ -234,6 +235,14 @@ mod tests {
 
     fn fixture_path(name: &str) -> String {
         format!("{}/../tests/data/capture/{name}", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    /// Found by the `y4m` fuzz target: splitting a tag after its first byte
+    /// panicked when that byte began a multi-byte character.
+    #[test]
+    fn regression_tag_split_inside_a_utf8_character() {
+        let header = Header::parse("YUV4MPEG2 W16 H16 F30:A Ϗ XCOLORRANGE=FULL".as_bytes()).unwrap();
+        assert_eq!((header.width, header.height, header.range), (16, 16, Range::Full));
     }
 
     fn read(name: &str) -> Vec<u8> {
