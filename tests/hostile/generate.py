@@ -160,6 +160,11 @@ def main():
         helper.make_node("ReduceMean", ["b"], ["y"], axes=[2, 3], keepdims=0),
     ]
     write("model-cycle.onnx", onnx_model(helper.make_graph(nodes, "cycle", [image], [out])))
+    # Found by the onnx fuzz target: a graph output no node produces made
+    # tract panic instead of failing.
+    nowhere = helper.make_tensor_value_info("nowhere", TensorProto.FLOAT, [1, 10])
+    relu = [helper.make_node("Relu", ["x"], ["r"])]
+    write("model-undefined-output.onnx", onnx_model(helper.make_graph(relu, "undefined", [image], [nowhere])))
 
     # Board profiles, through `boards --board-file FILE --current`.
     write("board-deep-nesting.toml", b"name = " + b"[" * DEPTH + b"]" * DEPTH + b"\n")

@@ -62,6 +62,7 @@ const CASES: &[(&str, Via, &str)] = &[
     ("model-empty.onnx", Via::Model, "model.onnx"),
     ("model-wrong-input-rank.onnx", Via::Model, "but the model declares [1, 784]"),
     ("model-cycle.onnx", Via::Model, "model.onnx"),
+    ("model-undefined-output.onnx", Via::Model, "tract failed while loading the model: no entry found for key"),
     ("board-deep-nesting.toml", Via::Board, "board-deep-nesting.toml"),
     ("board-unknown-field.toml", Via::Board, "unknown field `turbo`"),
     ("board-binary.toml", Via::Board, "board-binary.toml"),
