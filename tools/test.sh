@@ -58,3 +58,7 @@ export EDGEVIT_CUDA_INCLUDE="$cuda_site/nvidia/cuda_runtime/include"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
+
+# Every fuzz target of fuzz/ for 30 s (tools/fuzz.sh installs the pinned
+# nightly toolchain and cargo-fuzz); a crash fails the run.
+tools/fuzz.sh 30

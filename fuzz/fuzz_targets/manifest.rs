@@ -1,0 +1,20 @@
+//! `manifest.toml` and `manifest.sig` as they arrive in a bundle: the first
+//! line of the input is the signature, the rest the manifest.
+#![no_main]
+
+#[path = "common.rs"]
+#[allow(dead_code)]
+mod common;
+
+use edgevit::bundle::{parse_manifest, RawBundle};
+use edgevit::SignaturePolicy;
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let split = data.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let (signature, manifest) = data.split_at(split);
+    let _ = parse_manifest(manifest);
+    for policy in [SignaturePolicy::Require, SignaturePolicy::Skip] {
+        let _ = RawBundle::from_memory(manifest, signature, &[]).verify("fuzz".into(), common::trust(), policy);
+    }
+});
