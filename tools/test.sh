@@ -56,6 +56,7 @@ export LD_LIBRARY_PATH="$cuda_site/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_
 export EDGEVIT_CUDA_INCLUDE="$cuda_site/nvidia/cuda_runtime/include"
 
 cargo fmt --all -- --check
+cargo fmt --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo test --workspace --locked
 

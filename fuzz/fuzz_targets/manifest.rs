@@ -15,6 +15,7 @@ fuzz_target!(|data: &[u8]| {
     let (signature, manifest) = data.split_at(split);
     let _ = parse_manifest(manifest);
     for policy in [SignaturePolicy::Require, SignaturePolicy::Skip] {
-        let _ = RawBundle::from_memory(manifest, signature, &[]).verify("fuzz".into(), common::trust(), policy);
+        let _ =
+            RawBundle::from_memory(manifest, signature, &[]).verify("fuzz".into(), common::trust(), policy);
     }
 });

@@ -45,7 +45,9 @@ sha256 = "{}"
 "#,
         model.size, model.sha256, labels.size, labels.sha256
     );
-    let raw = RawBundle::from_memory(manifest.as_bytes(), b"", &[("model.onnx", data), ("labels.txt", LABELS)]);
-    let bundle = raw.verify("fuzz".into(), &TrustStore::default(), SignaturePolicy::Skip).expect("a valid manifest");
+    let raw =
+        RawBundle::from_memory(manifest.as_bytes(), b"", &[("model.onnx", data), ("labels.txt", LABELS)]);
+    let bundle =
+        raw.verify("fuzz".into(), &TrustStore::default(), SignaturePolicy::Skip).expect("a valid manifest");
     let _ = Engine::load(&bundle, &EngineOptions::default());
 });
