@@ -62,7 +62,11 @@ const CASES: &[(&str, Via, &str)] = &[
     ("model-empty.onnx", Via::Model, "model.onnx"),
     ("model-wrong-input-rank.onnx", Via::Model, "but the model declares [1, 784]"),
     ("model-cycle.onnx", Via::Model, "model.onnx"),
-    ("model-undefined-output.onnx", Via::Model, "tract failed while loading the model: no entry found for key"),
+    (
+        "model-undefined-output.onnx",
+        Via::Model,
+        "tract failed while loading the model: no entry found for key",
+    ),
     ("board-deep-nesting.toml", Via::Board, "board-deep-nesting.toml"),
     ("board-unknown-field.toml", Via::Board, "unknown field `turbo`"),
     ("board-binary.toml", Via::Board, "board-binary.toml"),
@@ -175,12 +179,14 @@ fn every_hostile_file_is_refused_cleanly() {
     assert!(CASES.len() >= 30);
     let corpus_before = tree(&corpus);
     let mut failures = Vec::new();
+    let mut largest = (0, "");
     for &(name, via, needle) in CASES {
         let work = tempfile::tempdir().unwrap();
         let file = corpus.join(name);
         let args = args(via, &file, work.path());
         let prepared = tree(work.path());
         let (run, rss_kib) = run_measured(&args, work.path());
+        largest = largest.max((rss_kib, name));
         let lines: Vec<&str> = run.stderr.lines().collect();
         let problem = if run.code == Some(0) || run.code.is_none() {
             format!("exit {:?}", run.code)
@@ -199,6 +205,7 @@ fn every_hostile_file_is_refused_cleanly() {
         };
         failures.push(format!("{name}: {problem}\n    stderr: {}", run.stderr.trim_end()));
     }
+    eprintln!("{} cases; largest peak RSS {} MiB ({})", CASES.len(), largest.0 / 1024, largest.1);
     assert_eq!(tree(&corpus), corpus_before, "the corpus changed");
     assert!(!Path::new("/tmp/edgevit-hostile-escaped").exists());
     assert!(!repo("hostile-escaped").exists() && !repo("tests/hostile-escaped").exists());
