@@ -132,6 +132,21 @@ impl Board {
         compatible.iter().any(|c| c == "any" || *c == self.compatible || *c == self.name)
     }
 
+    /// [`Board::fits`] as an error naming the bundle, its families and the board.
+    pub fn check_fits(&self, bundle: &crate::bundle::Bundle) -> Result<()> {
+        let compatible = &bundle.manifest.compatible;
+        if !self.fits(compatible) {
+            bail!(
+                "bundle {}: fits {} but this board is {} (family {})",
+                bundle.origin,
+                compatible.join(", "),
+                self.name,
+                self.compatible
+            );
+        }
+        Ok(())
+    }
+
     /// The profiles shipped in `boards/`, by name.
     pub fn builtin() -> Vec<Board> {
         BUILTIN

@@ -524,15 +524,7 @@ fn run_loop(args: RunArgs) -> Result<()> {
                 bail!("board {}: asks for the cuda backend, which this build does not have", b.name)
             }
         }
-        if !b.fits(&bundle.manifest.compatible) {
-            bail!(
-                "bundle {}: fits {} but this board is {} (family {})",
-                bundle.origin,
-                bundle.manifest.compatible.join(", "),
-                b.name,
-                b.compatible
-            );
-        }
+        b.check_fits(&bundle)?;
     }
     let source = crate::source::open(&input, &args.source)?;
     let mut display = crate::display::open(&output, &args.display)?;

@@ -127,15 +127,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildSummary> {
     let key = SecretKey::load(&request.key)?;
     let (keys, trust) = trusted_keys(&request.key, &key, &request.trust)?;
     let bundle = Bundle::open(&request.bundle, &trust, SignaturePolicy::Require)?;
-    if !board.fits(&bundle.manifest.compatible) {
-        bail!(
-            "bundle {}: fits {} but board {} is family {}",
-            bundle.origin,
-            bundle.manifest.compatible.join(", "),
-            board.name,
-            board.compatible
-        );
-    }
+    board.check_fits(&bundle)?;
 
     // The PTX step is quick and fails for reasons unrelated to the build
     // (no NVRTC): run it before anything is written.

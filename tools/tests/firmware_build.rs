@@ -338,7 +338,7 @@ fn bad_requests_fail_with_one_line_and_leave_nothing() {
     assert_eq!(
         err,
         format!(
-            "edgevit-tools: bundle {}: fits jetson-xavier but board {ORIN} is family jetson-orin\n",
+            "edgevit-tools: bundle {}: fits jetson-xavier but this board is {ORIN} (family jetson-orin)\n",
             xavier_only.display()
         )
     );

@@ -297,14 +297,8 @@ fn check_bundle(bundle: &Bundle, channel: &Channel, board: Option<&Board>) -> Re
             m.version
         );
     }
-    if let Some(b) = board.filter(|b| !b.fits(&m.compatible)) {
-        bail!(
-            "bundle {}: fits {} but this board is {} (family {})",
-            channel.bundle,
-            m.compatible.join(", "),
-            b.name,
-            b.compatible
-        );
+    if let Some(b) = board {
+        b.check_fits(bundle)?;
     }
     if m.golden.is_none() {
         bail!(
