@@ -756,15 +756,8 @@ fn update(cmd: UpdateCommand) -> Result<()> {
             println!("updated      {}", s.updated.as_deref().unwrap_or("never"));
         }
         UpdateCommand::Rollback { state, trust, engine } => {
-            let opts = UpdateOptions {
-                channel_url: String::new(),
-                trust: trust.store()?,
-                board: None,
-                timeouts: Timeouts::default(),
-                max_bytes: 0,
-                engine: engine.options(),
-            };
-            println!("{}", agent::rollback(&StateDir::new(&state.state_dir), &opts)?);
+            let dir = StateDir::new(&state.state_dir);
+            println!("{}", agent::rollback(&dir, &trust.store()?, &engine.options())?);
         }
     }
     Ok(())

@@ -269,7 +269,7 @@ fn install(
     })?;
     crash_point("unpacked");
 
-    let (bundle, engine) = health_check(&incoming, opts).with_context(|| {
+    let (bundle, engine) = health_check(&incoming, &opts.trust, &opts.engine).with_context(|| {
         format!(
             "health check of {} v{} (still on v{})",
             channel.name,
@@ -312,9 +312,9 @@ fn check_bundle(bundle: &Bundle, channel: &Channel, board: Option<&Board>) -> Re
 /// Loads the bundle from `dir` as `run` would (verifying it again, from the
 /// bytes on disk) and runs its golden inputs: every top-1 must match and
 /// every logit be within the bundle's tolerance.
-pub fn health_check(dir: &Path, opts: &UpdateOptions) -> Result<(Bundle, Engine)> {
-    let bundle = Bundle::open(dir, &opts.trust, SignaturePolicy::Require)?;
-    let mut engine = Engine::load(&bundle, &opts.engine)?;
+pub fn health_check(dir: &Path, trust: &TrustStore, engine: &EngineOptions) -> Result<(Bundle, Engine)> {
+    let bundle = Bundle::open(dir, trust, SignaturePolicy::Require)?;
+    let mut engine = Engine::load(&bundle, engine)?;
     match engine.check_golden(&bundle)? {
         Some(report) if report.passed() => Ok((bundle, engine)),
         Some(report) => bail!("{report}"),
@@ -323,15 +323,15 @@ pub fn health_check(dir: &Path, opts: &UpdateOptions) -> Result<(Bundle, Engine)
 }
 
 /// Switches back to the last good slot after checking it still loads.
-pub fn rollback(dir: &StateDir, opts: &UpdateOptions) -> Result<String> {
+pub fn rollback(dir: &StateDir, trust: &TrustStore, engine: &EngineOptions) -> Result<String> {
     let _lock = dir.lock()?;
     let mut state = dir.reconcile()?;
     let (Some(active), Some(previous)) = (state.active.clone(), state.last_good.clone()) else {
         bail!("{}: expected a previous bundle to roll back to but there is none", dir.root.display());
     };
     let target = dir.slot_dir(&previous);
-    let (bundle, _) =
-        health_check(&target, opts).with_context(|| format!("slot {previous}: cannot roll back to it"))?;
+    let (bundle, _) = health_check(&target, trust, engine)
+        .with_context(|| format!("slot {previous}: cannot roll back to it"))?;
     dir.switch(&previous)?;
     state.rolled_back = state.installed;
     state.last_error = None;
