@@ -10,8 +10,7 @@ use edgevit::update::channel::Channel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let (signature, text) = data.split_at(split);
+    let (signature, text) = common::split_first_line(data);
     if let Ok(channel) = Channel::parse(text) {
         let _ = channel.bundle_url("https://cdn.example/fleet/channel.toml");
     }

@@ -20,3 +20,9 @@ pub fn scratch() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| tempfile::Builder::new().prefix("edgevit-fuzz-").tempdir().expect("temp dir").keep())
 }
+
+/// Splits `data` after its first line: `(signature line, document)`, as
+/// the signed files arrive (the signature is one hex line).
+pub fn split_first_line(data: &[u8]) -> (&[u8], &[u8]) {
+    data.split_at(data.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1))
+}

@@ -11,8 +11,7 @@ use edgevit::SignaturePolicy;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let split = data.iter().position(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let (signature, manifest) = data.split_at(split);
+    let (signature, manifest) = common::split_first_line(data);
     let _ = parse_manifest(manifest);
     for policy in [SignaturePolicy::Require, SignaturePolicy::Skip] {
         let _ =
