@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, OpTime};
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
@@ -14,17 +14,23 @@ pub struct BenchReport {
     pub version: u64,
     pub precision: &'static str,
     pub backend: &'static str,
+    pub threads: usize,
+    /// Images per run.
+    pub batch: usize,
     pub iterations: usize,
-    /// Network latency per image, milliseconds.
+    /// Latency of one run (one batch), milliseconds.
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub mean_ms: f64,
-    /// Images per second over the timed iterations.
+    /// Images per second over the timed runs.
     pub throughput: f64,
     /// From `main` to the first classification result, milliseconds.
     pub cold_start_ms: f64,
     /// Peak resident set size of the process, MiB.
     pub peak_rss_mib: f64,
+    /// Time per run by kind of op, when asked for (`--ops`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ops: Vec<OpTime>,
 }
 
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.
@@ -75,13 +81,16 @@ pub fn run(
         version: engine.version,
         precision: engine.precision.name(),
         backend: engine.backend.name(),
+        threads: engine.threads,
+        batch: engine.batch,
         iterations,
         p50_ms: ms(quantile(&samples, 0.5)),
         p99_ms: ms(quantile(&samples, 0.99)),
         mean_ms: mean * 1e3,
-        throughput: iterations as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
+        throughput: (iterations * engine.batch) as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
         cold_start_ms: ms(first_result),
         peak_rss_mib: peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+        ops: Vec::new(),
     })
 }
 

@@ -151,11 +151,26 @@ pub struct EngineArgs {
     /// Run GGeM heads as the exported ops instead of the fused op (for comparison).
     #[arg(long)]
     pub no_fusion: bool,
+    /// CPU threads for the network (0: every core). Default: the board
+    /// profile's when one is in force, else 1.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 impl EngineArgs {
     pub fn options(&self) -> EngineOptions {
-        EngineOptions { backend: self.backend, fuse_ggem: !self.no_fusion }
+        self.options_on(None)
+    }
+
+    /// The options, taking what the command line leaves open from `board`.
+    pub fn options_on(&self, board: Option<&Board>) -> EngineOptions {
+        let threads = self.threads.or(board.map(|b| b.threads as usize)).unwrap_or(1);
+        EngineOptions {
+            backend: self.backend,
+            fuse_ggem: !self.no_fusion,
+            threads,
+            ..EngineOptions::default()
+        }
     }
 }
 
@@ -271,6 +286,12 @@ pub struct BenchArgs {
     /// Untimed runs before timing.
     #[arg(long, default_value_t = 10)]
     pub warmup: usize,
+    /// Images per run (the model needs a free batch dimension for more than 1).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Then time every node for as many runs and report the time by kind of op.
+    #[arg(long)]
+    pub ops: bool,
     #[command(flatten)]
     pub bundle: BundleArgs,
     #[command(flatten)]
@@ -475,9 +496,9 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
     }
 }
 
-fn load(bundle: &BundleArgs, engine: &EngineArgs) -> Result<(Bundle, Engine)> {
+fn load(bundle: &BundleArgs, options: &EngineOptions) -> Result<(Bundle, Engine)> {
     bundle.open_with(|bundle| {
-        let engine = Engine::load(&bundle, &engine.options())?;
+        let engine = Engine::load(&bundle, options)?;
         Ok((bundle, engine))
     })
 }
@@ -513,7 +534,8 @@ fn run_loop(args: RunArgs) -> Result<()> {
     let board = args.board.current()?;
     let input = input_uri(args.input, board.as_ref())?;
     let output = output_uri(args.output, args.headless, board.as_ref());
-    let (bundle, mut engine) = load(&args.bundle, &args.engine)?;
+    let engine_options = args.engine.options_on(board.as_ref());
+    let (bundle, mut engine) = load(&args.bundle, &engine_options)?;
     if let Some(b) = &board {
         match b.backend {
             BoardBackend::Cpu => {}
@@ -552,7 +574,7 @@ fn run_loop(args: RunArgs) -> Result<()> {
                 board: board.clone(),
                 timeouts: Timeouts::default(),
                 max_bytes: 1 << 30,
-                engine: args.engine.options(),
+                engine: engine_options,
             };
             Some(crate::update::poll(dir, options, args.update.update_interval)?)
         }
@@ -578,7 +600,7 @@ fn run_loop(args: RunArgs) -> Result<()> {
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {
-    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let (_, mut engine) = load(&args.bundle, &args.engine.options())?;
     let mut topk = TopK::default();
     let mut ranked: Vec<Scored> = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -611,7 +633,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 fn eval(args: EvalArgs) -> Result<()> {
     let images = Idx::open(&args.idx_images)?;
     let labels = Idx::open(&args.idx_labels)?;
-    let (_, mut engine) = load(&args.bundle, &args.engine)?;
+    let (_, mut engine) = load(&args.bundle, &args.engine.options())?;
     let acc = evaluate(&mut engine, &images, &labels, args.limit)?;
     if args.json {
         let line = json!({
@@ -638,22 +660,37 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs, started: Instant) -> Result<()> {
-    let (bundle, mut engine) = load(&args.bundle, &args.engine)?;
+    let options = EngineOptions { batch: args.batch, ..args.engine.options() };
+    let (bundle, mut engine) = load(&args.bundle, &options)?;
     if let Some(golden) = bundle.golden() {
-        engine.input_mut().copy_from_slice(&golden.inputs[0]);
+        for image in engine.input_mut().chunks_mut(golden.inputs[0].len()) {
+            image.copy_from_slice(&golden.inputs[0]);
+        }
     }
     engine.run()?;
     let first_result = started.elapsed();
-    let report = crate::bench::run(&mut engine, args.warmup, args.iterations, first_result)?;
+    let mut report = crate::bench::run(&mut engine, args.warmup, args.iterations, first_result)?;
+    if args.ops {
+        report.ops = engine.profile_ops(args.iterations)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         let r = &report;
-        println!("{} v{} {} on {}, {} iterations", r.model, r.version, r.precision, r.backend, r.iterations);
+        println!(
+            "{} v{} {} on {} ({} thread(s)), batch {}, {} iterations",
+            r.model, r.version, r.precision, r.backend, r.threads, r.batch, r.iterations
+        );
         println!("  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms", r.p50_ms, r.p99_ms, r.mean_ms);
         println!("  throughput   {:.1} images/s", r.throughput);
         println!("  cold start   {:.1} ms (main to first result)", r.cold_start_ms);
         println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
+        if !r.ops.is_empty() {
+            println!("  by op (ms per run, nodes):");
+            for op in &r.ops {
+                println!("    {:>9.3}  {:>4}  {}", op.ms, op.count, op.op);
+            }
+        }
     }
     Ok(())
 }
@@ -806,7 +843,7 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
             println!("signed {} ({})", dir.display(), path.display());
         }
         BundleCommand::Verify { bundle, engine } => {
-            let (bundle, mut engine) = load(&bundle, &engine)?;
+            let (bundle, mut engine) = load(&bundle, &engine.options())?;
             let signer = bundle.verified.signature.as_deref().unwrap_or("not checked (--skip-signature)");
             let files = bundle.manifest.files.len();
             match engine.check_golden(&bundle)? {
@@ -867,4 +904,21 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_args(threads: Option<usize>) -> EngineArgs {
+        EngineArgs { backend: Backend::Cpu, no_fusion: false, threads }
+    }
+
+    #[test]
+    fn threads_come_from_the_command_line_then_the_board_then_one() {
+        let orin = Board::named("jetson-agx-orin").unwrap();
+        assert_eq!(engine_args(Some(3)).options_on(Some(&orin)).threads, 3);
+        assert_eq!(engine_args(None).options_on(Some(&orin)).threads, orin.threads as usize);
+        assert_eq!(engine_args(None).options().threads, 1);
+    }
 }

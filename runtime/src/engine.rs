@@ -11,8 +11,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 
 use anyhow::{bail, Context, Result};
+use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
-use tract_onnx::tract_core::internal::DefaultRuntime;
+use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::bundle::Bundle;
@@ -40,9 +41,15 @@ impl Backend {
         }
     }
 
-    fn runtime(self) -> &'static dyn Runtime {
+    /// Optimizes `model` for this backend and plans it.
+    fn prepare(self, model: TypedModel, options: &RunOptions) -> TractResult<Box<dyn Runnable>> {
         match self {
-            Backend::Cpu => &DefaultRuntime,
+            Backend::Cpu => {
+                let mut model = model.into_optimized()?;
+                let replaced = crate::softmax::replace(&mut model)?;
+                log::debug!("cpu: {replaced} softmax op(s) vectorized");
+                Ok(Box::new(TypedSimplePlan::new_with_options(model, options)?))
+            }
         }
     }
 }
@@ -59,11 +66,25 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// Replace each GGeM head by one fused op (see [`crate::ggem`]).
     pub fuse_ggem: bool,
+    /// CPU threads for matrix products and softmax; 0 means every core.
+    pub threads: usize,
+    /// Images per run. The camera loop classifies one; `bench` measures more.
+    pub batch: usize,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { backend: Backend::Cpu, fuse_ggem: true }
+        EngineOptions { backend: Backend::Cpu, fuse_ggem: true, threads: 1, batch: 1 }
+    }
+}
+
+impl EngineOptions {
+    /// The number of threads, 0 resolved to the cores available.
+    fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 }
 
@@ -75,6 +96,10 @@ pub struct Engine {
     pub spec: InputSpec,
     pub labels: Vec<String>,
     pub backend: Backend,
+    /// Images per run: the input holds `batch` images, the logits `batch` rows.
+    pub batch: usize,
+    /// CPU threads running the network.
+    pub threads: usize,
     state: Box<dyn State>,
     input: Arc<Tensor>,
     logits: Vec<f32>,
@@ -106,7 +131,7 @@ fn dims_to_string(dims: &[Option<i64>]) -> String {
 
 /// Checks the model's declared input shape against the manifest, allowing a
 /// symbolic batch dimension.
-fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
+fn check_input(model: &InferenceModel, spec: &InputSpec, batch: usize) -> Result<()> {
     if model.inputs.len() != 1 {
         bail!("expected a model with one input but it has {}", model.inputs.len());
     }
@@ -116,7 +141,7 @@ fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
             bail!("expected a model with f32 input but it takes {dt:?}");
         }
     }
-    let expected = spec.shape(1);
+    let expected = spec.shape(batch);
     let declared: Vec<Option<i64>> =
         fact.shape.dims().map(|d| d.concretize().and_then(|d| d.to_i64().ok())).collect();
     if fact.shape.is_open() && declared.is_empty() {
@@ -125,7 +150,7 @@ fn check_input(model: &InferenceModel, spec: &InputSpec) -> Result<()> {
     let matches = declared.len() == 4
         && declared.iter().zip(expected).enumerate().all(|(axis, (d, e))| match d {
             None => true,
-            Some(d) => *d == e as i64 || (axis == 0 && *d == 1),
+            Some(d) => *d == e as i64 || (axis == 0 && *d == 1 && batch == 1),
         });
     if !matches {
         let expected: Vec<Option<i64>> = expected.iter().map(|&e| Some(e as i64)).collect();
@@ -176,8 +201,16 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 impl Engine {
     /// Loads the bundle's model on `backend`, checking it against the manifest.
     pub fn load(bundle: &Bundle, options: &EngineOptions) -> Result<Engine> {
-        let EngineOptions { backend, fuse_ggem } = *options;
+        let EngineOptions { backend, fuse_ggem, batch, .. } = *options;
+        if batch == 0 {
+            bail!("expected a batch of at least 1 image");
+        }
         let context = || format!("bundle {}: {}", bundle.origin, bundle.manifest.model.file);
+        let threads = options.thread_count();
+        let run_options = RunOptions {
+            executor: (threads > 1).then(|| Executor::multithread(threads)),
+            ..RunOptions::default()
+        };
         backend.check().with_context(|| format!("backend {backend}"))?;
         let m = &bundle.manifest;
         let spec = m.input.clone();
@@ -185,8 +218,8 @@ impl Engine {
             let mut model = tract_onnx::onnx()
                 .model_for_read(&mut bundle.model_bytes())
                 .map_err(|e| anyhow::anyhow!("expected an ONNX model tract can load but {e}"))?;
-            check_input(&model, &spec)?;
-            let shape = spec.shape(1);
+            check_input(&model, &spec, batch)?;
+            let shape = spec.shape(batch);
             model.set_input_fact(0, f32::fact(shape).into())?;
             let mut typed =
                 model.into_typed().map_err(|e| anyhow::anyhow!("cannot analyse the model: {e:#}"))?;
@@ -200,9 +233,9 @@ impl Engine {
             }
             let out = typed.output_fact(0)?;
             let dims: Vec<Option<i64>> = out.shape.iter().map(|d| d.to_i64().ok()).collect();
-            if dims != [Some(1), Some(m.model.classes as i64)] {
+            if dims != [Some(batch as i64), Some(m.model.classes as i64)] {
                 bail!(
-                    "manifest says {} classes, so the output should be [1, {}], but the model outputs {}",
+                    "manifest says {} classes, so the output should be [{batch}, {}], but the model outputs {}",
                     m.model.classes,
                     m.model.classes,
                     dims_to_string(&dims)
@@ -211,15 +244,13 @@ impl Engine {
             if out.datum_type != f32::datum_type() {
                 bail!("expected f32 logits but the model outputs {:?}", out.datum_type);
             }
-            let runnable = backend
-                .runtime()
-                .prepare(typed)
-                .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))?;
-            Ok(runnable)
+            backend
+                .prepare(typed, &run_options)
+                .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))
         })
         .with_context(context)?;
         let state = without_panics("starting the model", || runnable.spawn()).with_context(context)?;
-        let input = Arc::new(Tensor::zero::<f32>(&spec.shape(1))?);
+        let input = Arc::new(Tensor::zero::<f32>(&spec.shape(batch))?);
         log::info!("bundle {}: {} v{} loaded on {backend}", bundle.origin, m.name, m.version);
         Ok(Engine {
             name: m.name.clone(),
@@ -228,23 +259,27 @@ impl Engine {
             spec,
             labels: bundle.labels(),
             backend,
+            batch,
+            threads,
             state,
             input,
-            logits: vec![0.0; m.model.classes],
+            logits: vec![0.0; batch * m.model.classes],
         })
     }
 
-    /// The input buffer to fill (`spec.len()` values) before [`Engine::run`].
+    /// The input buffer to fill (`batch * spec.len()` values) before [`Engine::run`].
     pub fn input_mut(&mut self) -> &mut [f32] {
         exclusive_f32(&mut self.input)
     }
 
-    /// Preprocesses `img` into the input buffer.
+    /// Preprocesses `img` into the input buffer (the first image of a batch).
     pub fn set_image(&mut self, img: ImageView<'_>) {
-        preprocess(&self.spec, img, exclusive_f32(&mut self.input));
+        let len = self.spec.len();
+        preprocess(&self.spec, img, &mut exclusive_f32(&mut self.input)[..len]);
     }
 
-    /// Runs the network on the current input and returns its logits.
+    /// Runs the network on the current input and returns its logits, one row
+    /// of classes per image.
     pub fn run(&mut self) -> Result<&[f32]> {
         let outputs = self
             .state
@@ -255,11 +290,49 @@ impl Engine {
         Ok(&self.logits)
     }
 
+    /// Runs the network `iterations` times timing every node, and returns the
+    /// time per run of each kind of op, longest first. Only a CPU plan can be
+    /// timed node by node.
+    pub fn profile_ops(&mut self, iterations: usize) -> Result<Vec<OpTime>> {
+        let state = self
+            .state
+            .downcast_mut::<TypedSimpleState>()
+            .with_context(|| format!("backend {} cannot time its ops one by one", self.backend))?;
+        let mut by_op = std::collections::BTreeMap::<String, (std::time::Duration, usize)>::new();
+        for _ in 0..iterations {
+            state.run_plan_with_eval(
+                tvec![TValue::from_const(self.input.clone())],
+                |ctx, op_state, node, inputs| {
+                    let start = std::time::Instant::now();
+                    let outputs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                    let entry = by_op.entry(node.op().name().into_owned()).or_default();
+                    entry.0 += start.elapsed();
+                    entry.1 += 1;
+                    outputs
+                },
+            )?;
+        }
+        let runs = iterations.max(1);
+        let mut ops: Vec<OpTime> = by_op
+            .into_iter()
+            .map(|(op, (time, count))| OpTime {
+                op,
+                count: count / runs,
+                ms: time.as_secs_f64() * 1e3 / runs as f64,
+            })
+            .collect();
+        ops.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        Ok(ops)
+    }
+
     /// Runs the bundle's golden inputs and compares with its reference logits.
     pub fn check_golden(&mut self, bundle: &Bundle) -> Result<Option<GoldenReport>> {
         let (Some(spec), Some(golden)) = (&bundle.manifest.golden, bundle.golden()) else {
             return Ok(None);
         };
+        if self.batch != 1 {
+            bail!("golden images run one at a time, but this engine takes batches of {}", self.batch);
+        }
         let mut report = GoldenReport { count: golden.inputs.len(), ..Default::default() };
         for (i, (input, reference)) in golden.inputs.iter().zip(&golden.logits).enumerate() {
             self.input_mut().copy_from_slice(input);
@@ -278,6 +351,16 @@ impl Engine {
         report.tolerance = spec.tolerance;
         Ok(Some(report))
     }
+}
+
+/// Time per run spent in one kind of op.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct OpTime {
+    pub op: String,
+    /// Nodes of this op in the plan.
+    pub count: usize,
+    /// Milliseconds per run, all those nodes together.
+    pub ms: f64,
 }
 
 /// How an engine's output compares with a bundle's golden logits.

@@ -21,6 +21,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
+pub mod softmax;
 pub mod source;
 pub mod update;
 mod watchdog;
