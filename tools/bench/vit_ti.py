@@ -1,6 +1,7 @@
 """Export ViT-Ti/16-224 (timm, random weights, seed 0) with a mean-pooling head
 and with a GGeM head (3 groups = heads, p from 2 to 4), as plain
-torch.onnx.export writes them (opset 17, dynamic batch), plus ImageNet-style
+torch.onnx.export writes them (opset 17, dynamic batch), the GGeM one also
+with int8 weights (models/export's per-channel scheme), plus ImageNet-style
 labels and one test image, into OUT.
 
     python tools/bench/vit_ti.py OUT
@@ -11,9 +12,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import timm
 import torch
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "models" / "export"))
+from export import quantize_weights  # noqa: E402
 
 
 class Pooled(torch.nn.Module):
@@ -44,6 +49,8 @@ def main():
                           input_names=["image"], output_names=["logits"],
                           dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}})
         (out / f"vit-ti-{pooling}.onnx").write_bytes(buf.getvalue())
+    int8 = quantize_weights(onnx.load_from_string((out / "vit-ti-ggem.onnx").read_bytes()))
+    (out / "vit-ti-ggem-int8.onnx").write_bytes(int8.SerializeToString())
     (out / "labels.txt").write_text("".join(f"class {i}\n" for i in range(1000)))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), "RGB").save(out / "image.png")
