@@ -199,10 +199,41 @@ fn qemu() -> &'static str {
     panic!("qemu-aarch64-static not found (tools/test.sh installs qemu-user-static)");
 }
 
-#[test]
-fn qemu_run_of_the_image_agrees_with_the_host_on_every_sample() {
+/// The Orin image unpacked into a temporary root.
+fn unpacked_orin() -> tempfile::TempDir {
     let root = tempfile::tempdir().unwrap();
     tar::Archive::new(fs::File::open(&image(ORIN).image).unwrap()).unpack(root.path()).unwrap();
+    root
+}
+
+/// Runs the image's `edgevit ARGS --bundle <installed> --trust-dir <installed>`
+/// under qemu; returns stdout, panicking with stderr when it fails.
+fn qemu_edgevit(root: &Path, args: &[&str], more: &[PathBuf]) -> String {
+    let sysroot = Path::new("/usr/aarch64-linux-gnu");
+    assert!(sysroot.join("lib/ld-linux-aarch64.so.1").exists(), "libc6-arm64-cross is not installed");
+    let output = Command::new(qemu())
+        .arg("-L")
+        .arg(sysroot)
+        .arg(root.join("usr/bin/edgevit"))
+        .args(args)
+        .arg("--bundle")
+        .arg(root.join("var/lib/edgevit/current"))
+        .arg("--trust-dir")
+        .arg(root.join("etc/edgevit/keys"))
+        .args(more)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "qemu run of {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn qemu_run_of_the_image_agrees_with_the_host_on_every_sample() {
+    let root = unpacked_orin();
     let mut samples: Vec<PathBuf> = fs::read_dir(workspace().join("models/samples/fashion-mnist"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -211,22 +242,8 @@ fn qemu_run_of_the_image_agrees_with_the_host_on_every_sample() {
     samples.sort();
     assert_eq!(samples.len(), 20);
 
-    let sysroot = Path::new("/usr/aarch64-linux-gnu");
-    assert!(sysroot.join("lib/ld-linux-aarch64.so.1").exists(), "libc6-arm64-cross is not installed");
-    let output = Command::new(qemu())
-        .arg("-L")
-        .arg(sysroot)
-        .arg(root.path().join("usr/bin/edgevit"))
-        .args(["classify", "--json", "--bundle"])
-        .arg(root.path().join("var/lib/edgevit/current"))
-        .arg("--trust-dir")
-        .arg(root.path().join("etc/edgevit/keys"))
-        .args(&samples)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "qemu run failed: {}", String::from_utf8_lossy(&output.stderr));
-    let lines: Vec<serde_json::Value> =
-        String::from_utf8(output.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let stdout = qemu_edgevit(root.path(), &["classify", "--json"], &samples);
+    let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), samples.len());
 
     let trust = TrustStore::load(&[dev_key("pub")], None).unwrap();
@@ -247,6 +264,26 @@ fn qemu_run_of_the_image_agrees_with_the_host_on_every_sample() {
             engine.labels[host]
         );
     }
+}
+
+/// The ARM build's own kernels (tract's aarch64 matrix products, the
+/// softmax and GGeM ops) reproduce the golden logits, and `bench` runs them
+/// batched on two threads. Times under emulation mean nothing; they are not read.
+#[test]
+fn qemu_bench_of_the_image_exercises_the_arm_kernels() {
+    let root = unpacked_orin();
+    let verified = qemu_edgevit(root.path(), &["bundle", "verify"], &[]);
+    assert!(verified.contains("golden top-1 20/20"), "{verified}");
+    let stdout = qemu_edgevit(
+        root.path(),
+        &["bench", "--json", "--iterations", "2", "--warmup", "1", "--batch", "2", "--threads", "2", "--ops"],
+        &[],
+    );
+    let r: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!((r["batch"].as_u64(), r["threads"].as_u64()), (Some(2), Some(2)), "{r}");
+    let ops = r["ops"].as_array().unwrap();
+    let count = |name: &str| ops.iter().find(|o| o["op"] == name).and_then(|o| o["count"].as_u64());
+    assert_eq!((count("RowSoftmax"), count("Ggem")), (Some(4), Some(1)), "{r}");
 }
 
 /// Runs `firmware build` expected to fail before compiling anything;
