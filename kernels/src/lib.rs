@@ -1,17 +1,20 @@
 //! CUDA kernels of edgevit: the CUDA C sources under `cuda/`, their launch
 //! configurations, an f64 CPU reference of every kernel, the tolerance tiers
-//! their parity tests use, and NVRTC compilation to PTX (loaded at run time,
-//! so everything here builds and runs without CUDA).
+//! their parity tests use, NVRTC compilation to PTX and a probe of the CUDA
+//! driver (both loaded at run time, so everything here builds and runs
+//! without CUDA).
 //!
 //! | family | source | kernels | reference |
 //! |---|---|---|---|
 //! | [`ggem`] | `cuda/ggem.cu` | `ggem_f16`, `ggem_f32` | [`ggem_reference`] |
 
+pub mod driver;
 pub mod ggem;
 pub mod nvrtc;
 pub mod testing;
 pub mod tolerance;
 
+pub use driver::{Device, Driver, DriverError};
 pub use ggem::{ggem_reference, launch_config, GgemError, GgemLaunch, GgemShape};
 pub use nvrtc::{CompiledPtx, Nvrtc, NvrtcError};
 pub use tolerance::{Mismatch, Tolerance, ToleranceError};

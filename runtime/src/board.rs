@@ -36,7 +36,7 @@ pub struct Board {
     pub cuda: Option<String>,
     /// Memory in MiB; 0 when it varies (a generic host).
     pub memory_mb: u32,
-    pub backend: BoardBackend,
+    pub backend: BackendChoice,
     pub precision: BoardPrecision,
     /// CPU threads for inference; 0 means every available core.
     pub threads: u32,
@@ -46,13 +46,15 @@ pub struct Board {
     pub display: String,
 }
 
-/// The backend a board runs by default.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The backend asked for, by `--backend` or as a board's default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
-pub enum BoardBackend {
+pub enum BackendChoice {
+    /// tract's CPU runtime.
     Cpu,
+    /// The GPU; an error where it cannot run.
     Cuda,
-    /// CUDA when it works on this device, else CPU.
+    /// CUDA when it works on this device and board, else CPU.
     Auto,
 }
 
@@ -105,7 +107,7 @@ impl Board {
         if self.cuda.is_some() != self.cuda_arch.is_some() {
             bail!("expected cuda and cuda_arch together (a GPU has both) or neither");
         }
-        if self.backend != BoardBackend::Cpu && self.cuda.is_some() && !self.gpu_path() {
+        if self.backend != BackendChoice::Cpu && self.cuda.is_some() && !self.gpu_path() {
             bail!(
                 "backend {:?} needs CUDA >= {}.{} (tract's CUDA runtime) but the board has CUDA {}",
                 self.backend,
@@ -242,7 +244,7 @@ mod tests {
         let nano = Board::named("jetson-nano").unwrap();
         assert_eq!(
             (nano.cuda_arch, nano.glibc.as_str(), nano.backend),
-            (Some(53), "2.27", BoardBackend::Cpu)
+            (Some(53), "2.27", BackendChoice::Cpu)
         );
         let xavier = Board::named("jetson-xavier-nx").unwrap();
         assert_eq!((xavier.cuda_arch, xavier.glibc.as_str()), (Some(72), "2.31"));

@@ -9,12 +9,12 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::board::{Board, BoardArgs, BoardBackend, DEVICE_BOARD_FILE};
+use crate::board::{BackendChoice, Board, BoardArgs, DEVICE_BOARD_FILE};
 use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
 use crate::display::DisplayArgs;
 use crate::embedded;
-use crate::engine::{Backend, Engine, EngineOptions};
+use crate::engine::{select_backend, Engine, EngineOptions};
 use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
@@ -60,6 +60,12 @@ pub enum Command {
         /// One JSON object per board.
         #[arg(long)]
         json: bool,
+    },
+    /// What this machine offers the GPU path (driver, devices, NVRTC) and
+    /// which backend `auto` picks, and why.
+    Doctor {
+        #[command(flatten)]
+        board: BoardArgs,
     },
 }
 
@@ -145,9 +151,11 @@ impl BundleArgs {
 /// Where and how the network runs.
 #[derive(Debug, Args)]
 pub struct EngineArgs {
-    /// Backend for the network.
-    #[arg(long, value_enum, default_value_t = Backend::Cpu)]
-    pub backend: Backend,
+    /// Where the network runs: `auto` takes CUDA where it can run and
+    /// falls back to the CPU, saying why at info level. Default: the board
+    /// profile's, else auto.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
     /// Run GGeM heads as the exported ops instead of the fused op (for comparison).
     #[arg(long)]
     pub no_fusion: bool,
@@ -158,19 +166,20 @@ pub struct EngineArgs {
 }
 
 impl EngineArgs {
-    pub fn options(&self) -> EngineOptions {
+    pub fn options(&self) -> Result<EngineOptions> {
         self.options_on(None)
     }
 
     /// The options, taking what the command line leaves open from `board`.
-    pub fn options_on(&self, board: Option<&Board>) -> EngineOptions {
+    pub fn options_on(&self, board: Option<&Board>) -> Result<EngineOptions> {
+        let choice = self.backend.or(board.map(|b| b.backend)).unwrap_or(BackendChoice::Auto);
         let threads = self.threads.or(board.map(|b| b.threads as usize)).unwrap_or(1);
-        EngineOptions {
-            backend: self.backend,
+        Ok(EngineOptions {
+            backend: select_backend(choice, board)?,
             fuse_ggem: !self.no_fusion,
             threads,
             ..EngineOptions::default()
-        }
+        })
     }
 }
 
@@ -472,13 +481,14 @@ pub struct AgentArgs {
 
 impl AgentArgs {
     fn options(&self) -> Result<UpdateOptions> {
+        let board = self.board.current()?;
         Ok(UpdateOptions {
             channel_url: self.channel.clone(),
             trust: self.trust.store()?,
-            board: self.board.current()?,
+            engine: self.engine.options_on(board.as_ref())?,
+            board,
             timeouts: Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() },
             max_bytes: self.max_bytes,
-            engine: self.engine.options(),
         })
     }
 }
@@ -493,6 +503,7 @@ pub fn run(cli: Cli, started: Instant) -> Result<()> {
         Command::Bundle(cmd) => bundle(cmd),
         Command::Update(cmd) => update(cmd),
         Command::Boards { board, current, json } => boards(&board, current, json),
+        Command::Doctor { board } => doctor(&board),
     }
 }
 
@@ -534,18 +545,9 @@ fn run_loop(args: RunArgs) -> Result<()> {
     let board = args.board.current()?;
     let input = input_uri(args.input, board.as_ref())?;
     let output = output_uri(args.output, args.headless, board.as_ref());
-    let engine_options = args.engine.options_on(board.as_ref());
+    let engine_options = args.engine.options_on(board.as_ref())?;
     let (bundle, mut engine) = load(&args.bundle, &engine_options)?;
     if let Some(b) = &board {
-        match b.backend {
-            BoardBackend::Cpu => {}
-            BoardBackend::Auto => {
-                log::info!("backend: cpu (board {} prefers auto; this build runs on the CPU)", b.name)
-            }
-            BoardBackend::Cuda => {
-                bail!("board {}: asks for the cuda backend, which this build does not have", b.name)
-            }
-        }
         b.check_fits(&bundle)?;
     }
     let source = crate::source::open(&input, &args.source)?;
@@ -600,7 +602,7 @@ fn run_loop(args: RunArgs) -> Result<()> {
 }
 
 fn classify(args: ClassifyArgs) -> Result<()> {
-    let (_, mut engine) = load(&args.bundle, &args.engine.options())?;
+    let (_, mut engine) = load(&args.bundle, &args.engine.options()?)?;
     let mut topk = TopK::default();
     let mut ranked: Vec<Scored> = Vec::new();
     let mut out = std::io::stdout().lock();
@@ -633,7 +635,7 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 fn eval(args: EvalArgs) -> Result<()> {
     let images = Idx::open(&args.idx_images)?;
     let labels = Idx::open(&args.idx_labels)?;
-    let (_, mut engine) = load(&args.bundle, &args.engine.options())?;
+    let (_, mut engine) = load(&args.bundle, &args.engine.options()?)?;
     let acc = evaluate(&mut engine, &images, &labels, args.limit)?;
     if args.json {
         let line = json!({
@@ -660,7 +662,7 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn bench(args: BenchArgs, started: Instant) -> Result<()> {
-    let options = EngineOptions { batch: args.batch, ..args.engine.options() };
+    let options = EngineOptions { batch: args.batch, ..args.engine.options()? };
     let (bundle, mut engine) = load(&args.bundle, &options)?;
     if let Some(golden) = bundle.golden() {
         for image in engine.input_mut().chunks_mut(golden.inputs[0].len()) {
@@ -730,13 +732,53 @@ fn boards(args: &BoardArgs, current: bool, json: bool) -> Result<()> {
             if b.threads == 0 { "all".into() } else { b.threads.to_string() },
             if b.gpu_path() {
                 "yes"
-            } else if b.cuda.is_none() && b.backend == BoardBackend::Auto {
+            } else if b.cuda.is_none() && b.backend == BackendChoice::Auto {
                 "when present"
             } else {
                 "no"
             }
         )?;
     }
+    Ok(())
+}
+
+fn doctor(args: &BoardArgs) -> Result<()> {
+    let board = args.current()?;
+    let mut out = std::io::stdout().lock();
+    match edgevit_kernels::driver::probe() {
+        Ok(driver) => {
+            writeln!(out, "driver    CUDA {}.{}", driver.cuda.0, driver.cuda.1)?;
+            for d in &driver.devices {
+                writeln!(
+                    out,
+                    "device {}  {}, compute capability {}.{}, {:.1} GiB",
+                    d.ordinal,
+                    d.name,
+                    d.compute.0,
+                    d.compute.1,
+                    d.memory_bytes as f64 / (1u64 << 30) as f64
+                )?;
+            }
+        }
+        Err(e) => writeln!(out, "driver    {e}")?,
+    }
+    match edgevit_kernels::Nvrtc::load() {
+        Ok(nvrtc) => {
+            let (major, minor) = nvrtc.version();
+            let archs: Vec<String> = nvrtc.supported_archs().iter().map(|a| format!("compute_{a}")).collect();
+            writeln!(out, "nvrtc     {major}.{minor}, {}", archs.join(" "))?
+        }
+        Err(e) => writeln!(out, "nvrtc     {e}")?,
+    }
+    match &board {
+        Some(b) => {
+            writeln!(out, "board     {} (backend {})", b.name, format!("{:?}", b.backend).to_lowercase())?
+        }
+        None => {
+            writeln!(out, "board     none (pass --board or --board-file, or install {DEVICE_BOARD_FILE})")?
+        }
+    }
+    writeln!(out, "auto      cpu: {}", crate::engine::why_not_cuda(board.as_ref()))?;
     Ok(())
 }
 
@@ -794,7 +836,7 @@ fn update(cmd: UpdateCommand) -> Result<()> {
         }
         UpdateCommand::Rollback { state, trust, engine } => {
             let dir = StateDir::new(&state.state_dir);
-            println!("{}", agent::rollback(&dir, &trust.store()?, &engine.options())?);
+            println!("{}", agent::rollback(&dir, &trust.store()?, &engine.options()?)?);
         }
     }
     Ok(())
@@ -843,7 +885,7 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
             println!("signed {} ({})", dir.display(), path.display());
         }
         BundleCommand::Verify { bundle, engine } => {
-            let (bundle, mut engine) = load(&bundle, &engine.options())?;
+            let (bundle, mut engine) = load(&bundle, &engine.options()?)?;
             let signer = bundle.verified.signature.as_deref().unwrap_or("not checked (--skip-signature)");
             let files = bundle.manifest.files.len();
             match engine.check_golden(&bundle)? {
@@ -911,14 +953,14 @@ mod tests {
     use super::*;
 
     fn engine_args(threads: Option<usize>) -> EngineArgs {
-        EngineArgs { backend: Backend::Cpu, no_fusion: false, threads }
+        EngineArgs { backend: Some(BackendChoice::Cpu), no_fusion: false, threads }
     }
 
     #[test]
     fn threads_come_from_the_command_line_then_the_board_then_one() {
         let orin = Board::named("jetson-agx-orin").unwrap();
-        assert_eq!(engine_args(Some(3)).options_on(Some(&orin)).threads, 3);
-        assert_eq!(engine_args(None).options_on(Some(&orin)).threads, orin.threads as usize);
-        assert_eq!(engine_args(None).options().threads, 1);
+        assert_eq!(engine_args(Some(3)).options_on(Some(&orin)).unwrap().threads, 3);
+        assert_eq!(engine_args(None).options_on(Some(&orin)).unwrap().threads, orin.threads as usize);
+        assert_eq!(engine_args(None).options().unwrap().threads, 1);
     }
 }

@@ -16,28 +16,61 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::board::{BackendChoice, Board, MIN_GPU_CUDA};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
 use crate::preprocess::{preprocess, ImageView};
+use edgevit_kernels::DriverError;
 
 /// Where the network runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// tract's CPU runtime.
     Cpu,
+}
+
+/// Why models cannot run on CUDA here, checked in order: the board, the
+/// driver library, a device, the driver's CUDA version. This build runs
+/// models on the CPU only, so on a machine that passes every check the
+/// answer is that.
+pub fn why_not_cuda(board: Option<&Board>) -> String {
+    if let Some(b) = board {
+        if !b.gpu_path() && b.cuda.is_some() {
+            return format!(
+                "board {} has CUDA {}, older than tract's CUDA runtime needs",
+                b.name,
+                b.cuda.as_deref().unwrap_or_default()
+            );
+        }
+    }
+    match edgevit_kernels::driver::probe() {
+        Err(DriverError::NotFound { .. }) => "libcuda not found".into(),
+        Err(e) => e.to_string(),
+        Ok(driver) if driver.cuda < MIN_GPU_CUDA => format!(
+            "the driver supports CUDA {}.{}, tract's CUDA runtime needs {}.{} or newer",
+            driver.cuda.0, driver.cuda.1, MIN_GPU_CUDA.0, MIN_GPU_CUDA.1
+        ),
+        Ok(_) => "this build runs models on the CPU only".into(),
+    }
+}
+
+/// The backend that runs `choice` here. `auto` falls back to the CPU and
+/// logs why; `cuda` that cannot run is an error saying why.
+pub fn select_backend(choice: BackendChoice, board: Option<&Board>) -> Result<Backend> {
+    match choice {
+        BackendChoice::Cpu => Ok(Backend::Cpu),
+        BackendChoice::Auto => {
+            log::info!("backend: cpu ({})", why_not_cuda(board));
+            Ok(Backend::Cpu)
+        }
+        BackendChoice::Cuda => bail!("backend cuda cannot run here: {}", why_not_cuda(board)),
+    }
 }
 
 impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
-        }
-    }
-
-    /// Why this backend cannot run here, or `Ok` when it can.
-    pub fn check(self) -> Result<()> {
-        match self {
-            Backend::Cpu => Ok(()),
         }
     }
 
@@ -211,7 +244,6 @@ impl Engine {
             executor: (threads > 1).then(|| Executor::multithread(threads)),
             ..RunOptions::default()
         };
-        backend.check().with_context(|| format!("backend {backend}"))?;
         let m = &bundle.manifest;
         let spec = m.input.clone();
         let runnable = without_panics("loading the model", || -> Result<Box<dyn Runnable>> {
@@ -388,5 +420,21 @@ impl fmt::Display for GoldenReport {
             "golden top-1 {}/{}, max |logit diff| {:.3e} (tolerance {:.0e}; worst: image {i} class {c}: {a} vs {b})",
             self.top1_agree, self.count, self.max_abs_diff, self.tolerance
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_board_with_old_cuda_keeps_auto_on_the_cpu_and_refuses_cuda() {
+        let xavier = Board::named("jetson-xavier-nx").unwrap();
+        let why = "board jetson-xavier-nx has CUDA 11.4, older than tract's CUDA runtime needs";
+        assert_eq!(why_not_cuda(Some(&xavier)), why);
+        assert_eq!(select_backend(BackendChoice::Auto, Some(&xavier)).unwrap(), Backend::Cpu);
+        assert_eq!(select_backend(BackendChoice::Cpu, Some(&xavier)).unwrap(), Backend::Cpu);
+        let err = select_backend(BackendChoice::Cuda, Some(&xavier)).unwrap_err();
+        assert_eq!(err.to_string(), format!("backend cuda cannot run here: {why}"));
     }
 }

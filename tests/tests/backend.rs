@@ -1,0 +1,75 @@
+//! Backend selection on a machine without a usable GPU (CI's, and the
+//! development machines'): `doctor` says why, `auto` runs on the CPU and
+//! logs the reason once, `cuda` is one clear error. Nothing panics.
+
+use std::process::Command;
+
+use edgevit_kernels::driver::{self, DriverError};
+use edgevit_tests::*;
+
+/// Whether this machine has no CUDA driver library at all.
+fn no_libcuda() -> bool {
+    matches!(driver::probe(), Err(DriverError::NotFound { .. }))
+}
+
+#[test]
+fn doctor_says_what_it_found_and_what_auto_picks() {
+    let run = edgevit(["doctor", "--board", "x86_64-host"]);
+    let out = &run.ok().stdout;
+    let lines: Vec<&str> = out.lines().collect();
+    let line =
+        |key: &str| lines.iter().find(|l| l.starts_with(key)).unwrap_or_else(|| panic!("no {key}:\n{out}"));
+    assert!(line("nvrtc ").len() > "nvrtc ".len(), "{out}");
+    assert_eq!(*line("board "), "board     x86_64-host (backend auto)", "{out}");
+    if no_libcuda() {
+        assert!(line("driver ").contains("libcuda not found"), "{out}");
+        assert_eq!(*line("auto "), "auto      cpu: libcuda not found", "{out}");
+    } else {
+        assert!(line("driver ").starts_with("driver    CUDA "), "{out}");
+        assert!(line("auto ").starts_with("auto      cpu: "), "{out}");
+    }
+}
+
+#[test]
+fn doctor_names_the_board_that_keeps_cuda_off() {
+    let run = edgevit(["doctor", "--board", "jetson-xavier-nx"]);
+    let out = &run.ok().stdout;
+    assert!(
+        out.contains(
+            "auto      cpu: board jetson-xavier-nx has CUDA 11.4, older than tract's CUDA runtime needs"
+        ),
+        "{out}"
+    );
+}
+
+#[test]
+fn backend_cuda_that_cannot_run_is_one_clear_error() {
+    let run = edgevit(["classify", "--backend", "cuda", &format!("{SAMPLES}/t10k-00000-ankle-boot.png")]);
+    let why = if no_libcuda() { "libcuda not found" } else { "" };
+    run.fails_with(&format!("backend cuda cannot run here: {why}"));
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+}
+
+#[test]
+fn backend_auto_runs_on_the_cpu_and_logs_why_once() {
+    let sample = format!("{SAMPLES}/t10k-00000-ankle-boot.png");
+    let out = Command::new(binary())
+        .args(["classify", "--json", "--backend", "auto", &sample])
+        .current_dir(root())
+        .env("RUST_LOG", "info")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let reasons: Vec<&str> = stderr.lines().filter(|l| l.contains("backend: cpu (")).collect();
+    assert_eq!(reasons.len(), 1, "{stderr}");
+    if no_libcuda() {
+        assert!(reasons[0].ends_with("backend: cpu (libcuda not found)"), "{stderr}");
+    }
+    let line: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&line["backend"], &line["top_k"][0]["label"]),
+        (&"cpu".into(), &"Ankle boot".into()),
+        "{line}"
+    );
+}
