@@ -1,9 +1,11 @@
 //! The engine: a bundle's ONNX model loaded by tract, pinned to the manifest's
-//! input shape, optimized, and run on a backend.
+//! input shape and batch, optimized, and run on a backend.
 //!
-//! Backends are tract runtimes chosen by name; `cpu` is tract's default
-//! runtime. The engine owns its input tensor and logits buffer and reuses them,
-//! so classifying a frame allocates nothing on our side.
+//! [`select_backend`] turns `--backend auto|cpu|cuda` into the backend that
+//! runs, saying why CUDA does not. `cpu` is tract's plan with our softmax
+//! op, on one thread or a pool. The engine owns its input tensor and logits
+//! buffer and reuses them, so classifying a frame allocates nothing on our
+//! side.
 
 use std::cell::Cell;
 use std::fmt;
@@ -11,6 +13,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Once};
 
 use anyhow::{bail, Context, Result};
+use edgevit_kernels::DriverError;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::runtime::RunOptions;
@@ -20,7 +23,6 @@ use crate::board::{BackendChoice, Board, MIN_GPU_CUDA};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
 use crate::preprocess::{preprocess, ImageView};
-use edgevit_kernels::DriverError;
 
 /// Where the network runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -240,10 +242,6 @@ impl Engine {
         }
         let context = || format!("bundle {}: {}", bundle.origin, bundle.manifest.model.file);
         let threads = options.thread_count();
-        let run_options = RunOptions {
-            executor: (threads > 1).then(|| Executor::multithread(threads)),
-            ..RunOptions::default()
-        };
         let m = &bundle.manifest;
         let spec = m.input.clone();
         let runnable = without_panics("loading the model", || -> Result<Box<dyn Runnable>> {
@@ -276,6 +274,11 @@ impl Engine {
             if out.datum_type != f32::datum_type() {
                 bail!("expected f32 logits but the model outputs {:?}", out.datum_type);
             }
+            // A thread pool that cannot start panics; here that is an error.
+            let run_options = RunOptions {
+                executor: (threads > 1).then(|| Executor::multithread(threads)),
+                ..RunOptions::default()
+            };
             backend
                 .prepare(typed, &run_options)
                 .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))
