@@ -5,8 +5,8 @@
 //! the class token), 3 heads x 197 rows per block. tract 0.23.9 sends rows
 //! whose length is not a multiple of 4 through a generic path that calls three
 //! row kernels per row; on ViT-Ti that was about 7 of 40 ms on one x86 core.
-//! [`softmax_rows`] does each row in two passes with an exponential that the
-//! compiler turns into SIMD (AVX2 + FMA when the CPU has them, NEON on
+//! [`softmax_rows`] does each row (in L1 cache) as a max pass, an exponential
+//! pass, a sum and a scale, each a loop the compiler turns into SIMD (AVX2 + FMA when the CPU has them, NEON on
 //! aarch64), and [`replace`] swaps it in for every f32 softmax over the last
 //! axis of an optimized model.
 
@@ -17,7 +17,8 @@ use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 /// Lanes of the independent accumulators: one 256-bit vector of f32.
 const LANES: usize = 8;
 
-/// `e^x` for `x <= 0`, within 2 ulp for `x > -87` and 0 below: Cody-Waite
+/// `e^x` for `x <= 0`, within 2.5e-7 relative error for `x >= -87`, and
+/// `e^-87` below (tiny next to the row maximum's 1): Cody-Waite
 /// reduction `x = n ln 2 + r`, a degree-6 polynomial for `e^r` on
 /// `|r| <= ln 2 / 2`, and `2^n` built in the exponent bits. Branch-free, so a
 /// loop over it vectorizes.
