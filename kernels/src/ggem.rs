@@ -102,11 +102,11 @@ impl GgemShape {
         if batch == 0 || tokens == 0 || channels == 0 || groups == 0 {
             return Err(GgemError::Empty { batch, tokens, channels, groups });
         }
-        if channels % groups != 0 {
+        if !channels.is_multiple_of(groups) {
             return Err(GgemError::Groups { channels, groups });
         }
         let group_size = channels / groups;
-        if group_size % VEC != 0 {
+        if !group_size.is_multiple_of(VEC) {
             return Err(GgemError::GroupSize { channels, groups, group_size });
         }
         let int_max = i32::MAX as usize;

@@ -314,7 +314,7 @@ pub fn consume(
             });
             writeln!(out, "{line}")?;
         }
-        if let Some(every) = opts.profile_every.filter(|&n| n > 0 && frames % n == 0) {
+        if let Some(every) = opts.profile_every.filter(|&n| n > 0 && frames.is_multiple_of(n)) {
             let summary = Summary {
                 frames,
                 dropped: slot.dropped(),

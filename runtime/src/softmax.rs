@@ -108,7 +108,7 @@ fn softmax_rows_avx2(data: &mut [f32], len: usize) {
 /// Softmax of each `len`-long row of `data` in place. A row of `-inf` only, or
 /// one holding NaN, comes out NaN, as with the exported op.
 pub fn softmax_rows(data: &mut [f32], len: usize) {
-    assert!(len > 0 && data.len() % len == 0, "data is not whole rows of {len}");
+    assert!(len > 0 && data.len().is_multiple_of(len), "data is not whole rows of {len}");
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.

@@ -55,7 +55,7 @@ impl PngSnapshots {
 
 impl Display for PngSnapshots {
     fn render(&mut self, frame: &Image, content: &OverlayContent) -> Result<()> {
-        self.pending = self.frames % u64::from(self.every) == 0;
+        self.pending = self.frames.is_multiple_of(u64::from(self.every));
         if !self.pending {
             return Ok(());
         }
