@@ -2,7 +2,9 @@
 //!
 //! cudarc loads `libcuda` on first use and panics when it is absent, so
 //! [`probe`] looks for the library first and reports why CUDA is unavailable
-//! as an error instead. Nothing here creates a context or allocates on a GPU.
+//! as an error instead. [`missing_runtime_library`] looks for the other
+//! libraries tract's CUDA runtime loads the same way. Nothing here creates a
+//! context or allocates on a GPU.
 
 use std::ffi::c_int;
 
@@ -80,6 +82,27 @@ pub fn probe() -> Result<Driver, DriverError> {
     }
     let version = u32::try_from(version).unwrap_or(0);
     Ok(Driver { cuda: (version / 1000, version % 1000 / 10), devices })
+}
+
+/// A dlopen probe of one library's candidate names.
+type Probe = unsafe fn() -> bool;
+
+/// The CUDA libraries tract's CUDA runtime loads besides the driver, as
+/// `(name, probe)`.
+const RUNTIME_LIBRARIES: [(&str, Probe); 4] = [
+    ("libcudart (the CUDA runtime)", cudarc::runtime::sys::is_culib_present),
+    ("libnvrtc", cudarc::nvrtc::sys::is_culib_present),
+    ("libcublas", cudarc::cublas::sys::is_culib_present),
+    ("libcudnn", cudarc::cudnn::sys::is_culib_present),
+];
+
+/// The first library tract's CUDA runtime needs that does not load here,
+/// or `None` when all do.
+pub fn missing_runtime_library() -> Option<&'static str> {
+    RUNTIME_LIBRARIES.iter().find_map(|&(name, present)| {
+        // SAFETY: a dlopen probe of the candidate names; nothing is called.
+        (!unsafe { present() }).then_some(name)
+    })
 }
 
 #[cfg(test)]

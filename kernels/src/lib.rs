@@ -1,8 +1,8 @@
 //! CUDA kernels of edgevit: the CUDA C sources under `cuda/`, their launch
 //! configurations, an f64 CPU reference of every kernel, the tolerance tiers
-//! their parity tests use, NVRTC compilation to PTX and a probe of the CUDA
-//! driver (both loaded at run time, so everything here builds and runs
-//! without CUDA).
+//! their parity tests use, NVRTC compilation to PTX and its cache, and a
+//! probe of the CUDA driver and libraries (all loaded at run time, so
+//! everything here builds and runs without CUDA).
 //!
 //! | family | source | kernels | reference |
 //! |---|---|---|---|
@@ -11,12 +11,14 @@
 pub mod driver;
 pub mod ggem;
 pub mod nvrtc;
+pub mod ptx;
 pub mod testing;
 pub mod tolerance;
 
-pub use driver::{Device, Driver, DriverError};
+pub use driver::{missing_runtime_library, Device, Driver, DriverError};
 pub use ggem::{ggem_reference, launch_config, GgemError, GgemLaunch, GgemShape};
 pub use nvrtc::{CompiledPtx, Nvrtc, NvrtcError};
+pub use ptx::{KernelStore, PtxOrigin};
 pub use tolerance::{Mismatch, Tolerance, ToleranceError};
 
 /// Every CUDA source of the crate as `(file name, source)`, for compiling

@@ -159,6 +159,27 @@ pub fn include_dir_from_env() -> Result<PathBuf, String> {
     }
 }
 
+/// The directories NVRTC needs for `cuda_fp16.h` on this machine:
+/// [`INCLUDE_ENV`] when set, else the CUDA toolkit's `include/` under
+/// `$CUDA_HOME`, `$CUDA_PATH` or `/usr/local/cuda`, with its `cccl/` tree
+/// where it has one (CUDA 13 moved the C++ library there).
+pub fn include_dirs() -> Result<Vec<PathBuf>, String> {
+    if std::env::var_os(INCLUDE_ENV).is_some() {
+        return include_dir_from_env().map(|d| vec![d]);
+    }
+    let roots = ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(std::env::var_os).map(PathBuf::from);
+    let mut tried = Vec::new();
+    for root in roots.chain([PathBuf::from("/usr/local/cuda")]) {
+        let include = root.join("include");
+        if include.join("cuda_fp16.h").is_file() {
+            let cccl = include.join("cccl");
+            return Ok(if cccl.is_dir() { vec![include, cccl] } else { vec![include] });
+        }
+        tried.push(include.display().to_string());
+    }
+    Err(format!("no cuda_fp16.h in {} (set {INCLUDE_ENV} or CUDA_HOME)", tried.join(", ")))
+}
+
 /// Destroys the program when dropped, on every path out of `compile_ptx`.
 struct Program(sys::nvrtcProgram);
 

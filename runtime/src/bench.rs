@@ -14,6 +14,8 @@ pub struct BenchReport {
     pub version: u64,
     pub precision: &'static str,
     pub backend: &'static str,
+    /// Precision the network ran in: `f32` or `f16`.
+    pub float: &'static str,
     pub threads: usize,
     /// Images per run.
     pub batch: usize,
@@ -81,6 +83,7 @@ pub fn run(
         version: engine.version,
         precision: engine.precision.name(),
         backend: engine.backend.name(),
+        float: if engine.half { "f16" } else { "f32" },
         threads: engine.threads,
         batch: engine.batch,
         iterations,

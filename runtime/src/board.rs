@@ -13,8 +13,9 @@ use serde::{Deserialize, Serialize};
 /// Where a device keeps its own profile.
 pub const DEVICE_BOARD_FILE: &str = "/etc/edgevit/board.toml";
 
-/// The lowest CUDA version tract's CUDA runtime supports.
-pub const MIN_GPU_CUDA: (u32, u32) = (12, 0);
+/// The lowest CUDA driver version our build of tract's CUDA runtime accepts:
+/// the API version it binds (`cuda-12020` in Cargo.toml), Orin's JetPack 6.0.
+pub const MIN_GPU_CUDA: (u32, u32) = (12, 2);
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -260,7 +261,7 @@ mod tests {
         assert!(err("name = \"x\n").starts_with("board x.toml: "));
         assert!(err(&good.replace("glibc = \"2.35\"", "glibc = \"new\""))
             .contains("expected glibc as MAJOR.MINOR"));
-        assert!(err(&good.replace("cuda = \"12.6\"", "cuda = \"11.4\"")).contains("needs CUDA >= 12.0"));
+        assert!(err(&good.replace("cuda = \"12.6\"", "cuda = \"11.4\"")).contains("needs CUDA >= 12.2"));
         assert!(err(&good.replace("cuda_arch = 87\n", "")).contains("cuda and cuda_arch together"));
         assert!(err(&good.replace("v4l2:///dev/video0", "/dev/video0")).contains("expected camera as a URI"));
         assert!(format!("{:#}", Board::named("jetson-orin-max").unwrap_err())

@@ -14,7 +14,7 @@ use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
 use crate::display::DisplayArgs;
 use crate::embedded;
-use crate::engine::{select_backend, Engine, EngineOptions};
+use crate::engine::{select_backend, Backend, Engine, EngineOptions};
 use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
@@ -163,6 +163,17 @@ pub struct EngineArgs {
     /// profile's when one is in force, else 1.
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+    /// Precision of the network's weights and activations (the input and
+    /// logits stay f32). Default: f16 on cuda, f32 on cpu.
+    #[arg(long, value_enum)]
+    pub float: Option<Float>,
+}
+
+/// Float precision the network runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Float {
+    F32,
+    F16,
 }
 
 impl EngineArgs {
@@ -174,10 +185,12 @@ impl EngineArgs {
     pub fn options_on(&self, board: Option<&Board>) -> Result<EngineOptions> {
         let choice = self.backend.or(board.map(|b| b.backend)).unwrap_or(BackendChoice::Auto);
         let threads = self.threads.or(board.map(|b| b.threads as usize)).unwrap_or(1);
+        let backend = select_backend(choice, board)?;
         Ok(EngineOptions {
-            backend: select_backend(choice, board)?,
+            backend,
             fuse_ggem: !self.no_fusion,
             threads,
+            half: self.float.map_or(backend == Backend::Cuda, |f| f == Float::F16),
             ..EngineOptions::default()
         })
     }
@@ -640,17 +653,18 @@ fn eval(args: EvalArgs) -> Result<()> {
     if args.json {
         let line = json!({
             "model": engine.name, "version": engine.version, "precision": engine.precision.name(),
-            "backend": engine.backend.name(), "correct": acc.correct, "total": acc.total,
+            "backend": engine.backend.name(), "float": if engine.half { "f16" } else { "f32" }, "correct": acc.correct, "total": acc.total,
             "accuracy": acc.percent(), "seconds": acc.seconds,
         });
         println!("{line}");
     } else {
         println!(
-            "{} v{} {} on {}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
+            "{} v{} {} on {} in {}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
             engine.name,
             engine.version,
             engine.precision.name(),
             engine.backend,
+            if engine.half { "f16" } else { "f32" },
             acc.percent(),
             acc.correct,
             acc.total,
@@ -680,8 +694,8 @@ fn bench(args: BenchArgs, started: Instant) -> Result<()> {
     } else {
         let r = &report;
         println!(
-            "{} v{} {} on {} ({} thread(s)), batch {}, {} iterations",
-            r.model, r.version, r.precision, r.backend, r.threads, r.batch, r.iterations
+            "{} v{} {} on {} in {} ({} thread(s)), batch {}, {} iterations",
+            r.model, r.version, r.precision, r.backend, r.float, r.threads, r.batch, r.iterations
         );
         println!("  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms", r.p50_ms, r.p99_ms, r.mean_ms);
         println!("  throughput   {:.1} images/s", r.throughput);
@@ -778,7 +792,18 @@ fn doctor(args: &BoardArgs) -> Result<()> {
             writeln!(out, "board     none (pass --board or --board-file, or install {DEVICE_BOARD_FILE})")?
         }
     }
-    writeln!(out, "auto      cpu: {}", crate::engine::why_not_cuda(board.as_ref()))?;
+    let libraries = match edgevit_kernels::missing_runtime_library() {
+        None => "cudart, NVRTC, cuBLAS and cuDNN load".to_string(),
+        Some(lib) => format!("{lib} not found"),
+    };
+    writeln!(out, "libraries {libraries}")?;
+    let store = edgevit_kernels::KernelStore::from_env();
+    let cache = store.cache.as_ref().map_or("none (no HOME)".into(), |c| c.display().to_string());
+    writeln!(out, "kernels   prebuilt {}, cache {cache}", store.prebuilt.display())?;
+    match crate::engine::why_not_cuda(board.as_ref()) {
+        None => writeln!(out, "auto      cuda")?,
+        Some(why) => writeln!(out, "auto      cpu: {why}")?,
+    }
     Ok(())
 }
 
@@ -953,7 +978,7 @@ mod tests {
     use super::*;
 
     fn engine_args(threads: Option<usize>) -> EngineArgs {
-        EngineArgs { backend: Some(BackendChoice::Cpu), no_fusion: false, threads }
+        EngineArgs { backend: Some(BackendChoice::Cpu), no_fusion: false, threads, float: None }
     }
 
     #[test]

@@ -16,6 +16,10 @@ use anyhow::{bail, Context, Result};
 use edgevit_kernels::DriverError;
 use tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
+use tract_onnx::tract_core::floats::FloatPrecisionTranslator;
+use tract_onnx::tract_core::model::translator::Translate;
+use tract_onnx::tract_core::ops::cast::cast;
+use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_hir::infer::Factoid;
 
@@ -24,48 +28,77 @@ use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
 use crate::preprocess::{preprocess, ImageView};
 
+/// How far logits of the network run in f16 may be from the f32 reference
+/// in a golden check, in place of the manifest's f32 tolerance when that is
+/// tighter. f16 keeps 11 significant bits, so every layer rounds its
+/// activations to about 5e-4 relative; on the shipped model the CPU's f16
+/// run ends within 5.0e-3 of f32 on the golden set (tests/tests/half.rs),
+/// and this leaves ten times that for the GPU's different kernels.
+pub const HALF_LOGIT_TOLERANCE: f32 = 5e-2;
+
 /// Where the network runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     /// tract's CPU runtime.
     Cpu,
+    /// tract's CUDA runtime on GPU 0, GGeM on our kernel ([`crate::cuda`]).
+    Cuda,
 }
 
-/// Why models cannot run on CUDA here, checked in order: the board, the
-/// driver library, a device, the driver's CUDA version. This build runs
-/// models on the CPU only, so on a machine that passes every check the
-/// answer is that.
-pub fn why_not_cuda(board: Option<&Board>) -> String {
+/// The lowest compute capability the CUDA backend runs on: the first with
+/// arithmetic on half floats, which the FP16 model needs.
+pub const MIN_COMPUTE: (i32, i32) = (5, 3);
+
+/// Why models cannot run on CUDA here, or `None` when they can. Checked in
+/// order: the board, the driver library, a device, the driver's CUDA
+/// version, the device's compute capability, the libraries tract's CUDA
+/// runtime loads (cudart, NVRTC, cuBLAS, cuDNN).
+pub fn why_not_cuda(board: Option<&Board>) -> Option<String> {
     if let Some(b) = board {
         if !b.gpu_path() && b.cuda.is_some() {
-            return format!(
+            return Some(format!(
                 "board {} has CUDA {}, older than tract's CUDA runtime needs",
                 b.name,
                 b.cuda.as_deref().unwrap_or_default()
-            );
+            ));
         }
     }
-    match edgevit_kernels::driver::probe() {
-        Err(DriverError::NotFound { .. }) => "libcuda not found".into(),
-        Err(e) => e.to_string(),
-        Ok(driver) if driver.cuda < MIN_GPU_CUDA => format!(
+    let driver = match edgevit_kernels::driver::probe() {
+        Err(DriverError::NotFound { .. }) => return Some("libcuda not found".into()),
+        Err(e) => return Some(e.to_string()),
+        Ok(driver) => driver,
+    };
+    if driver.cuda < MIN_GPU_CUDA {
+        return Some(format!(
             "the driver supports CUDA {}.{}, tract's CUDA runtime needs {}.{} or newer",
             driver.cuda.0, driver.cuda.1, MIN_GPU_CUDA.0, MIN_GPU_CUDA.1
-        ),
-        Ok(_) => "this build runs models on the CPU only".into(),
+        ));
     }
+    let device = &driver.devices[0];
+    if device.compute < MIN_COMPUTE {
+        return Some(format!(
+            "{} has compute capability {}.{}, FP16 inference needs {}.{} or newer",
+            device.name, device.compute.0, device.compute.1, MIN_COMPUTE.0, MIN_COMPUTE.1
+        ));
+    }
+    edgevit_kernels::missing_runtime_library()
+        .map(|lib| format!("{lib} not found (tract's CUDA runtime loads it)"))
 }
 
-/// The backend that runs `choice` here. `auto` falls back to the CPU and
-/// logs why; `cuda` that cannot run is an error saying why.
+/// The backend that runs `choice` here. `auto` takes CUDA when it can run
+/// and otherwise the CPU, logging why; `cuda` that cannot run is an error
+/// saying why.
 pub fn select_backend(choice: BackendChoice, board: Option<&Board>) -> Result<Backend> {
-    match choice {
-        BackendChoice::Cpu => Ok(Backend::Cpu),
-        BackendChoice::Auto => {
-            log::info!("backend: cpu ({})", why_not_cuda(board));
+    if choice == BackendChoice::Cpu {
+        return Ok(Backend::Cpu);
+    }
+    match why_not_cuda(board) {
+        None => Ok(Backend::Cuda),
+        Some(why) if choice == BackendChoice::Auto => {
+            log::info!("backend: cpu ({why})");
             Ok(Backend::Cpu)
         }
-        BackendChoice::Cuda => bail!("backend cuda cannot run here: {}", why_not_cuda(board)),
+        Some(why) => bail!("backend cuda cannot run here: {why}"),
     }
 }
 
@@ -73,6 +106,7 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Cpu => "cpu",
+            Backend::Cuda => "cuda",
         }
     }
 
@@ -85,6 +119,7 @@ impl Backend {
                 log::debug!("cpu: {replaced} softmax op(s) vectorized");
                 Ok(Box::new(TypedSimplePlan::new_with_options(model, options)?))
             }
+            Backend::Cuda => crate::cuda::prepare(model.into_decluttered()?, options),
         }
     }
 }
@@ -105,11 +140,14 @@ pub struct EngineOptions {
     pub threads: usize,
     /// Images per run. The camera loop classifies one; `bench` measures more.
     pub batch: usize,
+    /// Run the network in half precision (tract's `f32_to_f16`): the
+    /// weights and activations in f16, the input and logits still f32.
+    pub half: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { backend: Backend::Cpu, fuse_ggem: true, threads: 1, batch: 1 }
+        EngineOptions { backend: Backend::Cpu, fuse_ggem: true, threads: 1, batch: 1, half: false }
     }
 }
 
@@ -135,6 +173,8 @@ pub struct Engine {
     pub batch: usize,
     /// CPU threads running the network.
     pub threads: usize,
+    /// The network runs in f16.
+    pub half: bool,
     state: Box<dyn State>,
     input: Arc<Tensor>,
     logits: Vec<f32>,
@@ -224,19 +264,56 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     let result = std::panic::catch_unwind(AssertUnwindSafe(f));
     PANICS_ARE_ERRORS.with(|p| p.set(false));
     result.unwrap_or_else(|payload| {
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "no message".into());
+        let message = panic_message(payload.as_ref());
         bail!("tract failed while {what}: {message} (a malformed model it does not check)")
     })
+}
+
+/// The message a panic was raised with.
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
+/// `model` with its float weights and activations in f16, by tract's
+/// `f32_to_f16`, and its f32 input and output kept: that transform turns
+/// them to f16 too, so a cast is put back at each end.
+pub fn to_half(model: TypedModel) -> TractResult<TypedModel> {
+    let mut model =
+        FloatPrecisionTranslator::new(f32::datum_type(), f16::datum_type()).translate_model(&model)?;
+    for input in model.inputs.clone() {
+        let fact = model.outlet_fact(input)?.clone();
+        if fact.datum_type != f16::datum_type() {
+            continue;
+        }
+        let f32_fact = f32::fact(fact.shape.clone());
+        let consumers = model.outlet_successors(input).to_vec();
+        let source = model.node_mut(input.node);
+        source.op = Box::new(TypedSource::new(f32_fact.clone()));
+        source.outputs[input.slot].fact = f32_fact;
+        let name = format!("{}.f16", model.node(input.node).name);
+        let half = model.wire_node(name, cast(f16::datum_type()), &[input])?[0];
+        for inlet in consumers {
+            model.add_edge(half, inlet)?;
+        }
+    }
+    for i in 0..model.outputs.len() {
+        let output = model.outputs[i];
+        if model.outlet_fact(output)?.datum_type == f16::datum_type() {
+            let name = format!("{}.f32", model.node(output.node).name);
+            model.outputs[i] = model.wire_node(name, cast(f32::datum_type()), &[output])?[0];
+        }
+    }
+    model.into_decluttered()
 }
 
 impl Engine {
     /// Loads the bundle's model on `backend`, checking it against the manifest.
     pub fn load(bundle: &Bundle, options: &EngineOptions) -> Result<Engine> {
-        let EngineOptions { backend, fuse_ggem, batch, .. } = *options;
+        let EngineOptions { backend, fuse_ggem, batch, half, .. } = *options;
         if batch == 0 {
             bail!("expected a batch of at least 1 image");
         }
@@ -274,6 +351,9 @@ impl Engine {
             if out.datum_type != f32::datum_type() {
                 bail!("expected f32 logits but the model outputs {:?}", out.datum_type);
             }
+            if half {
+                typed = to_half(typed).map_err(|e| anyhow::anyhow!("cannot convert the model to f16: {e:#}"))?;
+            }
             // A thread pool that cannot start panics; here that is an error.
             let run_options = RunOptions {
                 executor: (threads > 1).then(|| Executor::multithread(threads)),
@@ -296,6 +376,7 @@ impl Engine {
             backend,
             batch,
             threads,
+            half,
             state,
             input,
             logits: vec![0.0; batch * m.model.classes],
@@ -383,7 +464,7 @@ impl Engine {
                 }
             }
         }
-        report.tolerance = spec.tolerance;
+        report.tolerance = if self.half { spec.tolerance.max(HALF_LOGIT_TOLERANCE) } else { spec.tolerance };
         Ok(Some(report))
     }
 }
@@ -434,7 +515,7 @@ mod tests {
     fn a_board_with_old_cuda_keeps_auto_on_the_cpu_and_refuses_cuda() {
         let xavier = Board::named("jetson-xavier-nx").unwrap();
         let why = "board jetson-xavier-nx has CUDA 11.4, older than tract's CUDA runtime needs";
-        assert_eq!(why_not_cuda(Some(&xavier)), why);
+        assert_eq!(why_not_cuda(Some(&xavier)).as_deref(), Some(why));
         assert_eq!(select_backend(BackendChoice::Auto, Some(&xavier)).unwrap(), Backend::Cpu);
         assert_eq!(select_backend(BackendChoice::Cpu, Some(&xavier)).unwrap(), Backend::Cpu);
         let err = select_backend(BackendChoice::Cuda, Some(&xavier)).unwrap_err();

@@ -30,11 +30,12 @@ pub struct Ggem {
 }
 
 impl Ggem {
-    fn eps(&self) -> f32 {
+    pub(crate) fn eps(&self) -> f32 {
         *self.eps.try_as_plain_ram().and_then(|v| v.to_scalar::<f32>()).expect("eps is an f32 scalar")
     }
 
-    fn exponents(&self) -> &[f32] {
+    /// One exponent per channel.
+    pub(crate) fn exponents(&self) -> &[f32] {
         self.p.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("p is an f32 vector")
     }
 }
@@ -124,11 +125,15 @@ impl EvalOp for Ggem {
     }
 }
 
+/// The fact of GGeM's output, `[B, C]`, for tokens `x: [B, N, C]`.
+pub fn pooled_fact(x: &TypedFact) -> TractResult<TypedFact> {
+    ensure!(x.rank() == 3, "Ggem expects [B, N, C]");
+    Ok(x.datum_type.fact([x.shape[0].clone(), x.shape[2].clone()]))
+}
+
 impl TypedOp for Ggem {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        ensure!(inputs[0].rank() == 3, "Ggem expects [B, N, C]");
-        let s = &inputs[0].shape;
-        Ok(tvec!(inputs[0].datum_type.fact([s[0].clone(), s[2].clone()])))
+        Ok(tvec!(pooled_fact(inputs[0])?))
     }
 
     as_op!();
@@ -156,7 +161,7 @@ fn is_bin<M: BinMiniOp>(node: &TypedNode) -> bool {
 fn groups_of(p: &[f32]) -> usize {
     let c = p.len();
     (1..=c)
-        .filter(|g| c % g == 0)
+        .filter(|&g| c.is_multiple_of(g))
         .find(|&g| p.chunks(c / g).all(|chunk| chunk.iter().all(|&v| v == chunk[0])))
         .unwrap_or(c)
 }

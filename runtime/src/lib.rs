@@ -9,6 +9,7 @@ pub mod board;
 pub mod bundle;
 pub mod cli;
 mod create;
+pub mod cuda;
 pub mod display;
 mod embedded;
 pub mod engine;
