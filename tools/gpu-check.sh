@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# GPU check of edgevit's CUDA kernels, in one call on a machine with an NVIDIA
-# GPU, its driver, PyTorch with CUDA, and nvcc or NVRTC. Needs no Rust and no
-# network: it runs tools/gpu/ggem_check.py, which compiles kernels/cuda/ggem.cu
-# for the GPU at hand, checks ggem_f16 and ggem_f32 against a float64
-# reference (fresh random inputs, extremes, poisoned outputs, relaunch without
-# memset), then times them against a device-to-device copy of the same bytes
-# and the same pooling in PyTorch, and ends with a table. About a minute.
+# GPU check of edgevit, in one call on a machine with an NVIDIA GPU, its
+# driver, the CUDA toolkit (cuBLAS, cuDNN, NVRTC and headers, as tract's CUDA
+# runtime needs), and PyTorch with CUDA. Needs no Rust and no network.
+#
+# 1. Kernels: tools/gpu/ggem_check.py compiles kernels/cuda/ggem.cu for the
+#    GPU at hand, checks ggem_f16 and ggem_f32 against a float64 reference
+#    (fresh random inputs, extremes, poisoned outputs, relaunch without
+#    memset), then times them against a device-to-device copy of the same
+#    bytes and the same pooling in PyTorch. About a minute.
+# 2. Engine, when tools/gpu-prepare.sh has put the x86_64 release binary and
+#    its inputs here: `edgevit doctor`; GPU fp16 against CPU fp32 on the
+#    shipped model's golden set, on the 20 samples (top-1 and logits) and on
+#    Fashion-MNIST 10k (accuracy); then `edgevit bench` on a ViT-Ti/16-224
+#    GGeM bundle with --backend cuda and --backend cpu, and PyTorch eager FP16
+#    on the same architecture (tools/gpu/torch_peer.py), batch 1 and 32, in
+#    one table. A few minutes.
 #
 #   tools/gpu-check.sh [ggem_check.py options]    # e.g. --compiler nvrtc
 #
@@ -46,8 +55,19 @@ mkdir -p "$out"
 status=0
 timeout 300 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
 case $status in
-  0) echo "tools/gpu-check.sh: all checks passed; results in $out/" ;;
-  124) echo "tools/gpu-check.sh: timed out after 300 s" >&2 ;;
-  *) echo "tools/gpu-check.sh: failed (exit $status); log in $out/ggem_check.log" >&2 ;;
+  0) echo "tools/gpu-check.sh: kernel checks passed" ;;
+  124) echo "tools/gpu-check.sh: kernel checks timed out after 300 s" >&2 ;;
+  *) echo "tools/gpu-check.sh: kernel checks failed (exit $status); log in $out/ggem_check.log" >&2 ;;
 esac
+
+engine=0
+timeout 420 tools/gpu/engine_check.sh "$out" "$python" 2>&1 | tee "$out/engine_check.log" || engine=$?
+case $engine in
+  0) echo "tools/gpu-check.sh: engine checks passed" ;;
+  3) echo "tools/gpu-check.sh: engine checks skipped (run tools/gpu-prepare.sh where Rust is, and carry what it lists)" ;;
+  124) echo "tools/gpu-check.sh: engine checks timed out after 420 s" >&2 ;;
+  *) echo "tools/gpu-check.sh: engine checks failed (exit $engine); log in $out/engine_check.log" >&2 ;;
+esac
+[ $status = 0 ] && [ $engine != 3 ] && status=$engine
+[ $status = 0 ] && echo "tools/gpu-check.sh: results in $out/"
 exit $status

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Prepares out/gpu/ for the engine half of tools/gpu-check.sh, here where
+# Rust and the network are, for a GPU machine that has neither: the x86_64
+# edgevit binary (release profile, stripped), a ViT-Ti/16-224 GGeM bundle
+# (tools/bench/vit_ti.py's export, random weights, in .venv/ as
+# tools/bench-cpu.sh makes it) and Fashion-MNIST's test set. Then carry
+# out/gpu (about 45 MiB) to the GPU machine and run tools/gpu-check.sh there.
+#
+#   tools/gpu-prepare.sh            # PROFILE=dev reuses the test build instead
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-release}
+dir=out/gpu
+data=/usr/share/datasets/fashion-mnist
+
+[ -f $data/t10k-images-idx3-ubyte.gz ] || {
+  echo "tools/gpu-prepare.sh: $data is missing: install the Debian package dataset-fashion-mnist" >&2
+  exit 1
+}
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import timm, onnx" 2>/dev/null; then
+  python3 -m venv .venv
+  .venv/bin/pip install -q -r models/export/requirements.txt
+fi
+[ -f out/bench/vit-ti-ggem.onnx ] || .venv/bin/python tools/bench/vit_ti.py out/bench
+
+cargo build --locked --profile "$profile" -p edgevit
+target=target/$profile
+[ "$profile" = dev ] && target=target/debug
+rm -rf $dir
+mkdir -p $dir/fashion-mnist
+cp $target/edgevit $dir/edgevit
+strip $dir/edgevit
+cp $data/t10k-images-idx3-ubyte.gz $data/t10k-labels-idx1-ubyte.gz $dir/fashion-mnist/
+$dir/edgevit bundle create --model out/bench/vit-ti-ggem.onnx --labels out/bench/labels.txt \
+  --name vit-ti-ggem --version 1 --width 224 --height 224 --precision fp32 \
+  --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
+  --golden-image out/bench/image.png --out $dir/bundle-ggem >/dev/null
+echo "tools/gpu-prepare.sh: carry $dir ($(du -sh $dir | cut -f1)), then run tools/gpu-check.sh"

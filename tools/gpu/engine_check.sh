@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The engine half of tools/gpu-check.sh (see there): edgevit's CUDA backend
+# against its CPU backend and against PyTorch eager FP16, on inputs
+# tools/gpu-prepare.sh left in out/gpu/.
+#
+#   tools/gpu/engine_check.sh OUT PYTHON
+#
+# Exit status: 0 passed, 1 a check failed, 3 out/gpu/ is not prepared.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=$1 python=$2
+dir=out/gpu
+edgevit=$dir/edgevit
+fmnist=$dir/fashion-mnist
+for f in "$edgevit" "$dir/bundle-ggem/manifest.toml" "$fmnist/t10k-images-idx3-ubyte.gz" "$fmnist/t10k-labels-idx1-ubyte.gz"; do
+  [ -e "$f" ] || { echo "engine_check: $f is missing"; exit 3; }
+done
+samples=(models/samples/fashion-mnist/*.png)
+
+# tract's CUDA runtime loads cudart, cuBLAS, cuDNN and NVRTC by name: offer
+# the toolkit's and those that came with PyTorch.
+torch_libs=$("$python" - <<'EOF'
+import glob, os, site
+import torch
+dirs = [os.path.join(os.path.dirname(torch.__file__), "lib")]
+for sp in site.getsitepackages():
+    dirs += sorted(glob.glob(os.path.join(sp, "nvidia", "*", "lib")))
+print(":".join(d for d in dirs if os.path.isdir(d)))
+EOF
+)
+export LD_LIBRARY_PATH="/usr/local/cuda/lib64:$torch_libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+[ -d /usr/local/cuda ] && export CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
+
+echo "== edgevit doctor"
+"$edgevit" doctor
+failed=0
+check() { # name, then a command that prints one line and fails on a mismatch
+  local name=$1
+  shift
+  if "$@"; then echo "PASS $name"; else echo "FAIL $name"; failed=1; fi
+}
+
+echo "== golden set of the shipped model, GPU fp16 (tolerance: the f16 one)"
+check "golden set on cuda" "$edgevit" bundle verify --backend cuda
+check "golden set on cpu" "$edgevit" bundle verify --backend cpu
+
+echo "== the 20 samples: GPU fp16 against CPU fp32"
+RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cuda "${samples[@]}" >"$out/samples-cuda.jsonl"
+RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cpu "${samples[@]}" >"$out/samples-cpu.jsonl"
+compare_samples() {
+  "$python" - "$out/samples-cuda.jsonl" "$out/samples-cpu.jsonl" <<'EOF'
+import json, sys
+gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+agree = sum(g["top_k"][0]["class"] == c["top_k"][0]["class"] for g, c in zip(gpu, cpu))
+diff = max(abs(a - b) for g, c in zip(gpu, cpu) for a, b in zip(g["logits"], c["logits"]))
+scale = max(abs(b) for c in cpu for b in c["logits"])
+print(f"samples: top-1 agree {agree}/{len(cpu)}, max |logit diff| {diff:.3e} (largest |logit| {scale:.2f})")
+sys.exit(0 if agree == len(cpu) == len(gpu) else 1)
+EOF
+}
+check "samples top-1" compare_samples
+
+echo "== Fashion-MNIST 10k"
+eval_json() {
+  RUST_LOG=warn "$edgevit" eval --json --idx-images "$fmnist/t10k-images-idx3-ubyte.gz" \
+    --idx-labels "$fmnist/t10k-labels-idx1-ubyte.gz" "$@"
+}
+eval_json --backend cuda >"$out/eval-cuda.json"
+eval_json --backend cpu --threads 0 >"$out/eval-cpu.json"
+compare_eval() {
+  "$python" - "$out/eval-cuda.json" "$out/eval-cpu.json" <<'EOF'
+import json, sys
+gpu, cpu = (json.load(open(p)) for p in sys.argv[1:3])
+d = gpu["accuracy"] - cpu["accuracy"]
+print(f"accuracy: cuda {gpu['float']} {gpu['accuracy']:.2f}% in {gpu['seconds']:.1f} s, "
+      f"cpu {cpu['float']} {cpu['accuracy']:.2f}% in {cpu['seconds']:.1f} s, difference {d:+.2f} pt (allowed 0.3)")
+sys.exit(0 if abs(d) <= 0.3 else 1)
+EOF
+}
+check "accuracy within 0.3 pt" compare_eval
+
+echo "== ViT-Ti/16-224 GGeM: edgevit cuda, edgevit cpu, PyTorch eager fp16"
+bench() { # backend batch iterations [args]
+  RUST_LOG=warn "$edgevit" bench --json --skip-signature --bundle "$dir/bundle-ggem" --backend "$1" \
+    --batch "$2" --iterations "$3" --warmup 10 "${@:4}"
+}
+: >"$out/bench.jsonl"
+for batch in 1 32; do
+  n=200
+  [ $batch = 1 ] || n=50
+  bench cuda $batch $n >>"$out/bench.jsonl"
+  bench cpu $batch $(((n + 9) / 10)) --threads 0 >>"$out/bench.jsonl"
+done
+"$python" tools/gpu/torch_peer.py 200 1 >>"$out/bench.jsonl"
+"$python" tools/gpu/torch_peer.py 50 32 >>"$out/bench.jsonl"
+"$python" - "$out/bench.jsonl" <<'EOF'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+peer = {r["batch"]: r for r in rows if r["runtime"].startswith("pytorch")}
+print(f"{'runtime':<34} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>9} {'p50 / pytorch':>14}")
+for r in rows:
+    name = r.get("runtime") or f"edgevit {r['backend']} {r['float']}" + (f" ({r['threads']} threads)" if r["backend"] == "cpu" else "")
+    ips = r.get("images_per_s") or r["throughput"]
+    ratio = r["p50_ms"] / peer[r["batch"]]["p50_ms"]
+    print(f"{name:<34} {r['batch']:>5} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {ips:>9.1f} {ratio:>14.2f}")
+EOF
+exit $failed
