@@ -16,6 +16,8 @@ pub struct BenchReport {
     pub backend: &'static str,
     /// Precision the network ran in: `f32` or `f16`.
     pub float: &'static str,
+    /// The matrix products' weights were Q4_0 blocks.
+    pub block_quant: bool,
     pub threads: usize,
     /// Images per run.
     pub batch: usize,
@@ -83,7 +85,8 @@ pub fn run(
         version: engine.version,
         precision: engine.precision.name(),
         backend: engine.backend.name(),
-        float: if engine.half { "f16" } else { "f32" },
+        float: engine.float(),
+        block_quant: engine.block_quant,
         threads: engine.threads,
         batch: engine.batch,
         iterations,

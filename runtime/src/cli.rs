@@ -167,6 +167,10 @@ pub struct EngineArgs {
     /// logits stay f32). Default: f16 on cuda, f32 on cpu.
     #[arg(long, value_enum)]
     pub float: Option<Float>,
+    /// Store the matrix products' weights as Q4_0 blocks (tract's block
+    /// quantization, 4.5 bits a weight) when the model loads.
+    #[arg(long)]
+    pub block_quant: bool,
 }
 
 /// Float precision the network runs in.
@@ -191,6 +195,7 @@ impl EngineArgs {
             fuse_ggem: !self.no_fusion,
             threads,
             half: self.float.map_or(backend == Backend::Cuda, |f| f == Float::F16),
+            block_quant: self.block_quant,
             ..EngineOptions::default()
         })
     }
@@ -653,7 +658,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     if args.json {
         let line = json!({
             "model": engine.name, "version": engine.version, "precision": engine.precision.name(),
-            "backend": engine.backend.name(), "float": if engine.half { "f16" } else { "f32" }, "correct": acc.correct, "total": acc.total,
+            "backend": engine.backend.name(), "float": engine.float(), "block_quant": engine.block_quant, "correct": acc.correct, "total": acc.total,
             "accuracy": acc.percent(), "seconds": acc.seconds,
         });
         println!("{line}");
@@ -664,7 +669,7 @@ fn eval(args: EvalArgs) -> Result<()> {
             engine.version,
             engine.precision.name(),
             engine.backend,
-            if engine.half { "f16" } else { "f32" },
+            engine.float(),
             acc.percent(),
             acc.correct,
             acc.total,
@@ -978,7 +983,13 @@ mod tests {
     use super::*;
 
     fn engine_args(threads: Option<usize>) -> EngineArgs {
-        EngineArgs { backend: Some(BackendChoice::Cpu), no_fusion: false, threads, float: None }
+        EngineArgs {
+            backend: Some(BackendChoice::Cpu),
+            no_fusion: false,
+            threads,
+            float: None,
+            block_quant: false,
+        }
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub fn prepare(mut model: TypedModel, options: &RunOptions) -> TractResult<Box<d
         "cuda: {placed} GGeM head(s) on the GPU kernel{}",
         if left > 0 { format!(", {left} on the CPU") } else { String::new() }
     );
+    if placed > 0 {
+        // Load (or compile) the kernel now: a failure belongs to loading the
+        // model, and the first frame should not wait for NVRTC.
+        tract_cuda::with_cuda_stream(|stream| kernels(stream.context()).map(drop))?;
+    }
     model.optimize()?;
     // Memory is planned per turn by the device handler, not by reordering.
     let options = RunOptions { skip_order_opt_ram: true, ..options.clone() };
@@ -199,6 +204,12 @@ impl EvalOp for CudaGgem {
         let input = args_1!(inputs);
         let x = input.to_device_tensor()?;
         let &[b, n, c] = x.shape() else { bail!("CudaGgem expects [B, N, C] but got {:?}", x.shape()) };
+        let row_major = [(n * c) as isize, c as isize, 1];
+        ensure!(
+            x.strides() == row_major,
+            "CudaGgem expects contiguous tokens, got strides {:?}",
+            x.strides()
+        );
         let dt = x.datum_type();
         let y = tract_gpu::turn_handler::make_tensor_for_node(ctx, dt, &[b, c])?;
         tract_cuda::with_cuda_stream(|stream| {
@@ -212,8 +223,8 @@ impl EvalOp for CudaGgem {
             let to_i32 = |v: usize| i32::try_from(v).context("GGeM dimension past i32");
             let (b32, n32, c32, g32) = (to_i32(b)?, to_i32(n)?, to_i32(c)?, to_i32(self.groups)?);
             let (vec_tile, rows) = (launch.vec_tile as i32, launch.rows_per_split as i32);
-            // Split token ranges meet in a workspace; the last block of each
-            // tile resets its counter, so zeroed once per launch is enough.
+            // Token ranges split across blocks meet in a workspace, counted
+            // per channel tile by counters that must start at zero.
             let scratch = if launch.splits() > 1 {
                 Some((
                     stream.alloc_zeros::<f32>(launch.workspace_len)?,

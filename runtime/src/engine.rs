@@ -3,9 +3,10 @@
 //!
 //! [`select_backend`] turns `--backend auto|cpu|cuda` into the backend that
 //! runs, saying why CUDA does not. `cpu` is tract's plan with our softmax
-//! op, on one thread or a pool. The engine owns its input tensor and logits
-//! buffer and reuses them, so classifying a frame allocates nothing on our
-//! side.
+//! op, on one thread or a pool; `cuda` is tract-cuda's with our GGeM kernel
+//! ([`crate::cuda`]). Either can run the network in f16 ([`to_half`]) and
+//! with Q4_0 weights. The engine owns its input tensor and logits buffer and
+//! reuses them, so classifying a frame allocates nothing on our side.
 
 use std::cell::Cell;
 use std::fmt;
@@ -21,6 +22,7 @@ use tract_onnx::tract_core::model::translator::Translate;
 use tract_onnx::tract_core::ops::cast::cast;
 use tract_onnx::tract_core::ops::source::TypedSource;
 use tract_onnx::tract_core::runtime::RunOptions;
+use tract_onnx::tract_core::transform::get_transform;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::board::{BackendChoice, Board, MIN_GPU_CUDA};
@@ -143,11 +145,21 @@ pub struct EngineOptions {
     /// Run the network in half precision (tract's `f32_to_f16`): the
     /// weights and activations in f16, the input and logits still f32.
     pub half: bool,
+    /// Store the weights of matrix products as Q4_0 blocks (tract's block
+    /// quantization), which tract-cuda multiplies without dequantizing.
+    pub block_quant: bool,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { backend: Backend::Cpu, fuse_ggem: true, threads: 1, batch: 1, half: false }
+        EngineOptions {
+            backend: Backend::Cpu,
+            fuse_ggem: true,
+            threads: 1,
+            batch: 1,
+            half: false,
+            block_quant: false,
+        }
     }
 }
 
@@ -175,6 +187,8 @@ pub struct Engine {
     pub threads: usize,
     /// The network runs in f16.
     pub half: bool,
+    /// The matrix products' weights are Q4_0 blocks.
+    pub block_quant: bool,
     state: Box<dyn State>,
     input: Arc<Tensor>,
     logits: Vec<f32>,
@@ -313,7 +327,7 @@ pub fn to_half(model: TypedModel) -> TractResult<TypedModel> {
 impl Engine {
     /// Loads the bundle's model on `backend`, checking it against the manifest.
     pub fn load(bundle: &Bundle, options: &EngineOptions) -> Result<Engine> {
-        let EngineOptions { backend, fuse_ggem, batch, half, .. } = *options;
+        let EngineOptions { backend, fuse_ggem, batch, half, block_quant, .. } = *options;
         if batch == 0 {
             bail!("expected a batch of at least 1 image");
         }
@@ -351,6 +365,12 @@ impl Engine {
             if out.datum_type != f32::datum_type() {
                 bail!("expected f32 logits but the model outputs {:?}", out.datum_type);
             }
+            if block_quant {
+                get_transform("block_quant")?
+                    .context("tract has no block_quant transform")?
+                    .transform(&mut typed)
+                    .map_err(|e| anyhow::anyhow!("cannot quantize the weights to Q4_0: {e:#}"))?;
+            }
             if half {
                 typed = to_half(typed).map_err(|e| anyhow::anyhow!("cannot convert the model to f16: {e:#}"))?;
             }
@@ -377,10 +397,20 @@ impl Engine {
             batch,
             threads,
             half,
+            block_quant,
             state,
             input,
             logits: vec![0.0; batch * m.model.classes],
         })
+    }
+
+    /// The precision the network runs in: `f16` or `f32`.
+    pub fn float(&self) -> &'static str {
+        if self.half {
+            "f16"
+        } else {
+            "f32"
+        }
     }
 
     /// The input buffer to fill (`batch * spec.len()` values) before [`Engine::run`].

@@ -1,13 +1,13 @@
-//! The network in f16 (`--float f16`), as the CUDA backend runs it, here on
-//! the CPU: the same graph translation (tract's `f32_to_f16`, our f32 input
-//! and logits kept, GGeM on f16 tokens), checked against f32 on the
-//! shipped model's 20 samples and golden set.
+//! The network in f16 (`--float f16`), as the CUDA backend runs it, on the
+//! CPU: the same graph translation (tract's `f32_to_f16`, our f32 input and
+//! logits kept, GGeM on f16 tokens), checked against f32 on the shipped
+//! model's 20 samples and golden set. Where CUDA can run, the GPU too.
 
 use edgevit_tests::*;
 
-/// Top-1 and logits of every sample at `float`.
-fn samples(float: &str) -> Vec<(u64, Vec<f64>)> {
-    let mut args = vec!["classify".to_string(), "--json".into(), "--backend".into(), "cpu".into()];
+/// Top-1 and logits of every sample on `backend` at `float`.
+fn samples(backend: &str, float: &str) -> Vec<(u64, Vec<f64>)> {
+    let mut args = vec!["classify".to_string(), "--json".into(), "--backend".into(), backend.into()];
     args.extend(["--float".into(), float.into()]);
     let mut paths: Vec<String> =
         std::fs::read_dir(repo(SAMPLES)).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
@@ -24,18 +24,37 @@ fn samples(float: &str) -> Vec<(u64, Vec<f64>)> {
         .collect()
 }
 
-#[test]
-fn f16_agrees_with_f32_on_the_samples() {
-    let (full, half) = (samples("f32"), samples("f16"));
-    assert_eq!(full.len(), 20);
+/// Asserts the same top-1 everywhere and logits within the f16 tolerance;
+/// returns the largest difference.
+fn agree(full: &[(u64, Vec<f64>)], half: &[(u64, Vec<f64>)]) -> f64 {
+    assert_eq!((full.len(), half.len()), (20, 20));
     let mut worst = 0.0f64;
-    for (i, ((top_full, a), (top_half, b))) in full.iter().zip(&half).enumerate() {
+    for (i, ((top_full, a), (top_half, b))) in full.iter().zip(half).enumerate() {
         assert_eq!(top_full, top_half, "sample {i}: f16 top-1 differs");
         worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(worst, f64::max);
     }
-    eprintln!("f16 against f32 on the 20 samples: max |logit diff| {worst:.3e}");
     assert!(worst < f64::from(edgevit::engine::HALF_LOGIT_TOLERANCE), "max |logit diff| {worst}");
     assert!(worst > 0.0, "f16 logits equal f32's exactly: the network did not run in f16");
+    worst
+}
+
+#[test]
+fn f16_agrees_with_f32_on_the_samples() {
+    let worst = agree(&samples("cpu", "f32"), &samples("cpu", "f16"));
+    eprintln!("f16 against f32 on the CPU, 20 samples: max |logit diff| {worst:.3e}");
+}
+
+/// The GPU in f16 against the CPU in f32, where CUDA can run (tools/gpu-check.sh
+/// runs the same checks through the binary on machines without Rust).
+#[test]
+fn cuda_agrees_with_the_cpu_where_it_can_run() {
+    if let Some(why) = edgevit::engine::why_not_cuda(None) {
+        eprintln!("skipped: CUDA cannot run here: {why}");
+        return;
+    }
+    edgevit(["bundle", "verify", "--backend", "cuda"]).ok();
+    let worst = agree(&samples("cpu", "f32"), &samples("cuda", "f16"));
+    eprintln!("cuda f16 against cpu f32, 20 samples: max |logit diff| {worst:.3e}");
 }
 
 #[test]
