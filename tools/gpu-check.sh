@@ -12,7 +12,8 @@
 #    its inputs here: `edgevit doctor`; GPU fp16 against CPU fp32 on the
 #    shipped model's golden set, on the 20 samples (top-1 and logits) and on
 #    Fashion-MNIST 10k (accuracy); then `edgevit bench` on a ViT-Ti/16-224
-#    GGeM bundle with --backend cuda and --backend cpu, and PyTorch eager FP16
+#    GGeM bundle with --backend cuda (weights f16, and Q4_0 with
+#    --block-quant) and --backend cpu, and PyTorch eager FP16
 #    on the same architecture (tools/gpu/torch_peer.py), batch 1 and 32, in
 #    one table. A few minutes.
 #
@@ -53,19 +54,19 @@ mkdir -p "$out"
 # The check is sized to finish in about a minute; the timeout only stops a
 # hung GPU from holding the machine.
 status=0
-timeout 300 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
+timeout 180 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
 case $status in
   0) echo "tools/gpu-check.sh: kernel checks passed" ;;
-  124) echo "tools/gpu-check.sh: kernel checks timed out after 300 s" >&2 ;;
+  124) echo "tools/gpu-check.sh: kernel checks timed out after 180 s" >&2 ;;
   *) echo "tools/gpu-check.sh: kernel checks failed (exit $status); log in $out/ggem_check.log" >&2 ;;
 esac
 
 engine=0
-timeout 420 tools/gpu/engine_check.sh "$out" "$python" 2>&1 | tee "$out/engine_check.log" || engine=$?
+timeout 360 tools/gpu/engine_check.sh "$out" "$python" 2>&1 | tee "$out/engine_check.log" || engine=$?
 case $engine in
   0) echo "tools/gpu-check.sh: engine checks passed" ;;
   3) echo "tools/gpu-check.sh: engine checks skipped (run tools/gpu-prepare.sh where Rust is, and carry what it lists)" ;;
-  124) echo "tools/gpu-check.sh: engine checks timed out after 420 s" >&2 ;;
+  124) echo "tools/gpu-check.sh: engine checks timed out after 360 s" >&2 ;;
   *) echo "tools/gpu-check.sh: engine checks failed (exit $engine); log in $out/engine_check.log" >&2 ;;
 esac
 [ $status = 0 ] && [ $engine != 3 ] && status=$engine

@@ -45,12 +45,16 @@ check "golden set on cuda" "$edgevit" bundle verify --backend cuda
 check "golden set on cpu" "$edgevit" bundle verify --backend cpu
 
 echo "== the 20 samples: GPU fp16 against CPU fp32"
-RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cuda "${samples[@]}" >"$out/samples-cuda.jsonl"
-RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cpu "${samples[@]}" >"$out/samples-cpu.jsonl"
+# A step that fails is reported and the script goes on, so that one call
+# shows everything that works.
+RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cuda "${samples[@]}" >"$out/samples-cuda.jsonl" || failed=1
+RUST_LOG=warn "$edgevit" classify --json --top-k 1 --backend cpu "${samples[@]}" >"$out/samples-cpu.jsonl" || failed=1
 compare_samples() {
   "$python" - "$out/samples-cuda.jsonl" "$out/samples-cpu.jsonl" <<'EOF'
 import json, sys
 gpu, cpu = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+if len(gpu) != len(cpu) or not cpu:
+    sys.exit(f"samples: {len(gpu)} results on cuda, {len(cpu)} on cpu")
 agree = sum(g["top_k"][0]["class"] == c["top_k"][0]["class"] for g, c in zip(gpu, cpu))
 diff = max(abs(a - b) for g, c in zip(gpu, cpu) for a, b in zip(g["logits"], c["logits"]))
 scale = max(abs(b) for c in cpu for b in c["logits"])
@@ -65,21 +69,25 @@ eval_json() {
   RUST_LOG=warn "$edgevit" eval --json --idx-images "$fmnist/t10k-images-idx3-ubyte.gz" \
     --idx-labels "$fmnist/t10k-labels-idx1-ubyte.gz" "$@"
 }
-eval_json --backend cuda >"$out/eval-cuda.json"
-eval_json --backend cpu --threads 0 >"$out/eval-cpu.json"
-compare_eval() {
-  "$python" - "$out/eval-cuda.json" "$out/eval-cpu.json" <<'EOF'
+eval_json --backend cuda >"$out/eval-cuda.json" || failed=1
+eval_json --backend cuda --block-quant >"$out/eval-cuda-q4_0.json" || failed=1
+eval_json --backend cpu --threads 0 >"$out/eval-cpu.json" || failed=1
+compare_eval() { # run, allowed difference in points
+  "$python" - "$out/eval-$1.json" "$out/eval-cpu.json" "$2" <<'EOF'
 import json, sys
-gpu, cpu = (json.load(open(p)) for p in sys.argv[1:3])
-d = gpu["accuracy"] - cpu["accuracy"]
-print(f"accuracy: cuda {gpu['float']} {gpu['accuracy']:.2f}% in {gpu['seconds']:.1f} s, "
-      f"cpu {cpu['float']} {cpu['accuracy']:.2f}% in {cpu['seconds']:.1f} s, difference {d:+.2f} pt (allowed 0.3)")
-sys.exit(0 if abs(d) <= 0.3 else 1)
+run, cpu = (json.load(open(p)) for p in sys.argv[1:3])
+allowed = float(sys.argv[3])
+d = run["accuracy"] - cpu["accuracy"]
+print(f"accuracy: {run['backend']} {run['float']}{' q4_0' if run['block_quant'] else ''} {run['accuracy']:.2f}% "
+      f"in {run['seconds']:.1f} s, cpu {cpu['float']} {cpu['accuracy']:.2f}% in {cpu['seconds']:.1f} s, "
+      f"difference {d:+.2f} pt (allowed {allowed})")
+sys.exit(0 if abs(d) <= allowed else 1)
 EOF
 }
-check "accuracy within 0.3 pt" compare_eval
+check "accuracy within 0.3 pt" compare_eval cuda 0.3
+check "Q4_0 accuracy within 0.5 pt" compare_eval cuda-q4_0 0.5
 
-echo "== ViT-Ti/16-224 GGeM: edgevit cuda, edgevit cpu, PyTorch eager fp16"
+echo "== ViT-Ti/16-224 GGeM: edgevit cuda (weights f16, then Q4_0), edgevit cpu, PyTorch eager fp16"
 bench() { # backend batch iterations [args]
   RUST_LOG=warn "$edgevit" bench --json --skip-signature --bundle "$dir/bundle-ggem" --backend "$1" \
     --batch "$2" --iterations "$3" --warmup 10 "${@:4}"
@@ -88,20 +96,21 @@ bench() { # backend batch iterations [args]
 for batch in 1 32; do
   n=200
   [ $batch = 1 ] || n=50
-  bench cuda $batch $n >>"$out/bench.jsonl"
-  bench cpu $batch $(((n + 9) / 10)) --threads 0 >>"$out/bench.jsonl"
+  bench cuda $batch $n >>"$out/bench.jsonl" || failed=1
+  bench cuda $batch $n --block-quant >>"$out/bench.jsonl" || failed=1
+  bench cpu $batch $(((n + 9) / 10)) --threads 0 >>"$out/bench.jsonl" || failed=1
 done
-"$python" tools/gpu/torch_peer.py 200 1 >>"$out/bench.jsonl"
-"$python" tools/gpu/torch_peer.py 50 32 >>"$out/bench.jsonl"
+"$python" tools/gpu/torch_peer.py 200 1 32 >>"$out/bench.jsonl" || failed=1
 "$python" - "$out/bench.jsonl" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 peer = {r["batch"]: r for r in rows if r["runtime"].startswith("pytorch")}
 print(f"{'runtime':<34} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>9} {'p50 / pytorch':>14}")
 for r in rows:
-    name = r.get("runtime") or f"edgevit {r['backend']} {r['float']}" + (f" ({r['threads']} threads)" if r["backend"] == "cpu" else "")
+    name = r.get("runtime") or (f"edgevit {r['backend']} {r['float']}" + (" q4_0" if r["block_quant"] else "")
+                                + (f" ({r['threads']} threads)" if r["backend"] == "cpu" else ""))
     ips = r.get("images_per_s") or r["throughput"]
-    ratio = r["p50_ms"] / peer[r["batch"]]["p50_ms"]
-    print(f"{name:<34} {r['batch']:>5} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {ips:>9.1f} {ratio:>14.2f}")
+    ratio = f"{r['p50_ms'] / peer[r['batch']]['p50_ms']:.2f}" if r["batch"] in peer else "-"
+    print(f"{name:<34} {r['batch']:>5} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {ips:>9.1f} {ratio:>14}")
 EOF
 exit $failed
