@@ -9,13 +9,15 @@
 #    memset), then times them against a device-to-device copy of the same
 #    bytes and the same pooling in PyTorch. About a minute.
 # 2. Engine, when tools/gpu-prepare.sh has put the x86_64 release binary and
-#    its inputs here: `edgevit doctor`; GPU fp16 against CPU fp32 on the
-#    shipped model's golden set, on the 20 samples (top-1 and logits) and on
-#    Fashion-MNIST 10k (accuracy); then `edgevit bench` on a ViT-Ti/16-224
+#    its inputs in out/gpu/: `edgevit doctor`; GPU fp16 against CPU fp32 on
+#    the 20 samples (top-1 and logits); `edgevit bench` on a ViT-Ti/16-224
 #    GGeM bundle with --backend cuda (weights f16, and Q4_0 with
-#    --block-quant) and --backend cpu, and PyTorch eager FP16
-#    on the same architecture (tools/gpu/torch_peer.py), batch 1 and 32, in
-#    one table. A few minutes.
+#    --block-quant) and --backend cpu, and PyTorch eager FP16 on the same
+#    architecture (tools/gpu/torch_peer.py), batch 1 and 32, in one table;
+#    the shipped model's golden set; Fashion-MNIST 10k accuracy, GPU against
+#    CPU. A few minutes; most important first, and a failed step does not
+#    stop the rest. Both halves are bounded so that one call ends within 8
+#    minutes.
 #
 #   tools/gpu-check.sh [ggem_check.py options]    # e.g. --compiler nvrtc
 #
@@ -54,19 +56,19 @@ mkdir -p "$out"
 # The check is sized to finish in about a minute; the timeout only stops a
 # hung GPU from holding the machine.
 status=0
-timeout 180 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
+timeout 150 "$python" tools/gpu/ggem_check.py --out "$out" "$@" 2>&1 | tee "$out/ggem_check.log" || status=$?
 case $status in
   0) echo "tools/gpu-check.sh: kernel checks passed" ;;
-  124) echo "tools/gpu-check.sh: kernel checks timed out after 180 s" >&2 ;;
+  124) echo "tools/gpu-check.sh: kernel checks timed out after 150 s" >&2 ;;
   *) echo "tools/gpu-check.sh: kernel checks failed (exit $status); log in $out/ggem_check.log" >&2 ;;
 esac
 
 engine=0
-timeout 360 tools/gpu/engine_check.sh "$out" "$python" 2>&1 | tee "$out/engine_check.log" || engine=$?
+timeout 330 tools/gpu/engine_check.sh "$out" "$python" 2>&1 | tee "$out/engine_check.log" || engine=$?
 case $engine in
   0) echo "tools/gpu-check.sh: engine checks passed" ;;
   3) echo "tools/gpu-check.sh: engine checks skipped (run tools/gpu-prepare.sh where Rust is, and carry what it lists)" ;;
-  124) echo "tools/gpu-check.sh: engine checks timed out after 360 s" >&2 ;;
+  124) echo "tools/gpu-check.sh: engine checks timed out after 330 s" >&2 ;;
   *) echo "tools/gpu-check.sh: engine checks failed (exit $engine); log in $out/engine_check.log" >&2 ;;
 esac
 [ $status = 0 ] && [ $engine != 3 ] && status=$engine

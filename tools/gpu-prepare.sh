@@ -4,7 +4,12 @@
 # edgevit binary (release profile, stripped), a ViT-Ti/16-224 GGeM bundle
 # (tools/bench/vit_ti.py's export, random weights, in .venv/ as
 # tools/bench-cpu.sh makes it) and Fashion-MNIST's test set. Then carry
-# out/gpu (about 45 MiB) to the GPU machine and run tools/gpu-check.sh there.
+# out/gpu (about 50 MiB) to the GPU machine and run tools/gpu-check.sh there.
+#
+# The bundle is the one with int8 weights (6 MB against 23 MB in fp32), so
+# that all of it fits what a GPU machine's call carries (64 MiB). The
+# engine dequantizes them when it loads the model: the GPU multiplies f16
+# weights either way, and `--block-quant` requantizes them to Q4_0.
 #
 #   tools/gpu-prepare.sh            # PROFILE=dev reuses the test build instead
 set -euo pipefail
@@ -21,7 +26,7 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import timm, onnx" 2>/dev
   python3 -m venv .venv
   .venv/bin/pip install -q -r models/export/requirements.txt
 fi
-[ -f out/bench/vit-ti-ggem.onnx ] || .venv/bin/python tools/bench/vit_ti.py out/bench
+[ -f out/bench/vit-ti-ggem-int8.onnx ] || .venv/bin/python tools/bench/vit_ti.py out/bench
 
 cargo build --locked --profile "$profile" -p edgevit
 target=target/$profile
@@ -31,8 +36,8 @@ mkdir -p $dir/fashion-mnist
 cp $target/edgevit $dir/edgevit
 strip $dir/edgevit
 cp $data/t10k-images-idx3-ubyte.gz $data/t10k-labels-idx1-ubyte.gz $dir/fashion-mnist/
-$dir/edgevit bundle create --model out/bench/vit-ti-ggem.onnx --labels out/bench/labels.txt \
-  --name vit-ti-ggem --version 1 --width 224 --height 224 --precision fp32 \
+$dir/edgevit bundle create --model out/bench/vit-ti-ggem-int8.onnx --labels out/bench/labels.txt \
+  --name vit-ti-ggem-int8 --version 1 --width 224 --height 224 --precision int8 \
   --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
-  --golden-image out/bench/image.png --out $dir/bundle-ggem >/dev/null
+  --golden-image out/bench/image.png --out $dir/vit-ti-ggem-int8 >/dev/null
 echo "tools/gpu-prepare.sh: carry $dir ($(du -sh $dir | cut -f1)), then run tools/gpu-check.sh"

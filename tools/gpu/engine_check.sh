@@ -12,7 +12,7 @@ out=$1 python=$2
 dir=out/gpu
 edgevit=$dir/edgevit
 fmnist=$dir/fashion-mnist
-for f in "$edgevit" "$dir/bundle-ggem/manifest.toml" "$fmnist/t10k-images-idx3-ubyte.gz" "$fmnist/t10k-labels-idx1-ubyte.gz"; do
+for f in "$edgevit" "$dir/vit-ti-ggem-int8/manifest.toml" "$fmnist/t10k-images-idx3-ubyte.gz" "$fmnist/t10k-labels-idx1-ubyte.gz"; do
   [ -e "$f" ] || { echo "engine_check: $f is missing"; exit 3; }
 done
 samples=(models/samples/fashion-mnist/*.png)
@@ -40,10 +40,6 @@ check() { # name, then a command that prints one line and fails on a mismatch
   if "$@"; then echo "PASS $name"; else echo "FAIL $name"; failed=1; fi
 }
 
-echo "== golden set of the shipped model, GPU fp16 (tolerance: the f16 one)"
-check "golden set on cuda" "$edgevit" bundle verify --backend cuda
-check "golden set on cpu" "$edgevit" bundle verify --backend cpu
-
 echo "== the 20 samples: GPU fp16 against CPU fp32"
 # A step that fails is reported and the script goes on, so that one call
 # shows everything that works.
@@ -64,32 +60,9 @@ EOF
 }
 check "samples top-1" compare_samples
 
-echo "== Fashion-MNIST 10k"
-eval_json() {
-  RUST_LOG=warn "$edgevit" eval --json --idx-images "$fmnist/t10k-images-idx3-ubyte.gz" \
-    --idx-labels "$fmnist/t10k-labels-idx1-ubyte.gz" "$@"
-}
-eval_json --backend cuda >"$out/eval-cuda.json" || failed=1
-eval_json --backend cuda --block-quant >"$out/eval-cuda-q4_0.json" || failed=1
-eval_json --backend cpu --threads 0 >"$out/eval-cpu.json" || failed=1
-compare_eval() { # run, allowed difference in points
-  "$python" - "$out/eval-$1.json" "$out/eval-cpu.json" "$2" <<'EOF'
-import json, sys
-run, cpu = (json.load(open(p)) for p in sys.argv[1:3])
-allowed = float(sys.argv[3])
-d = run["accuracy"] - cpu["accuracy"]
-print(f"accuracy: {run['backend']} {run['float']}{' q4_0' if run['block_quant'] else ''} {run['accuracy']:.2f}% "
-      f"in {run['seconds']:.1f} s, cpu {cpu['float']} {cpu['accuracy']:.2f}% in {cpu['seconds']:.1f} s, "
-      f"difference {d:+.2f} pt (allowed {allowed})")
-sys.exit(0 if abs(d) <= allowed else 1)
-EOF
-}
-check "accuracy within 0.3 pt" compare_eval cuda 0.3
-check "Q4_0 accuracy within 0.5 pt" compare_eval cuda-q4_0 0.5
-
-echo "== ViT-Ti/16-224 GGeM: edgevit cuda (weights f16, then Q4_0), edgevit cpu, PyTorch eager fp16"
+echo "== ViT-Ti/16-224 GGeM, int8 weights dequantized: edgevit cuda (weights f16, then Q4_0), edgevit cpu, PyTorch eager fp16"
 bench() { # backend batch iterations [args]
-  RUST_LOG=warn "$edgevit" bench --json --skip-signature --bundle "$dir/bundle-ggem" --backend "$1" \
+  RUST_LOG=warn "$edgevit" bench --json --skip-signature --bundle "$dir/vit-ti-ggem-int8" --backend "$1" \
     --batch "$2" --iterations "$3" --warmup 10 "${@:4}"
 }
 : >"$out/bench.jsonl"
@@ -113,4 +86,31 @@ for r in rows:
     ratio = f"{r['p50_ms'] / peer[r['batch']]['p50_ms']:.2f}" if r["batch"] in peer else "-"
     print(f"{name:<34} {r['batch']:>5} {r['p50_ms']:>8.3f} {r['p99_ms']:>8.3f} {ips:>9.1f} {ratio:>14}")
 EOF
+
+echo "== golden set of the shipped model, GPU fp16 (tolerance: the f16 one)"
+check "golden set on cuda" "$edgevit" bundle verify --backend cuda
+check "golden set on cpu" "$edgevit" bundle verify --backend cpu
+
+echo "== Fashion-MNIST 10k"
+eval_json() {
+  RUST_LOG=warn "$edgevit" eval --json --idx-images "$fmnist/t10k-images-idx3-ubyte.gz" \
+    --idx-labels "$fmnist/t10k-labels-idx1-ubyte.gz" "$@"
+}
+eval_json --backend cuda >"$out/eval-cuda.json" || failed=1
+eval_json --backend cuda --block-quant >"$out/eval-cuda-q4_0.json" || failed=1
+eval_json --backend cpu --threads 0 >"$out/eval-cpu.json" || failed=1
+compare_eval() { # run, allowed difference in points
+  "$python" - "$out/eval-$1.json" "$out/eval-cpu.json" "$2" <<'EOF'
+import json, sys
+run, cpu = (json.load(open(p)) for p in sys.argv[1:3])
+allowed = float(sys.argv[3])
+d = run["accuracy"] - cpu["accuracy"]
+print(f"accuracy: {run['backend']} {run['float']}{' q4_0' if run['block_quant'] else ''} {run['accuracy']:.2f}% "
+      f"in {run['seconds']:.1f} s, cpu {cpu['float']} {cpu['accuracy']:.2f}% in {cpu['seconds']:.1f} s, "
+      f"difference {d:+.2f} pt (allowed {allowed})")
+sys.exit(0 if abs(d) <= allowed else 1)
+EOF
+}
+check "accuracy within 0.3 pt" compare_eval cuda 0.3
+check "Q4_0 accuracy within 0.5 pt" compare_eval cuda-q4_0 0.5
 exit $failed

@@ -1,8 +1,10 @@
 """PyTorch eager FP16 on the GPU, the peer edgevit's CUDA backend is timed
 against: ViT-Ti/16-224 with a GGeM head (3 groups = heads), the architecture
 of tools/bench/vit_ti.py's vit-ti-ggem.onnx (timm's vit_tiny_patch16_224,
-written out here so the GPU machine needs no timm), random weights, in
-half precision, fused attention (scaled_dot_product_attention, as timm uses).
+written out here so the GPU machine needs no timm; loaded with that
+model's weights it gives the same logits, bit for bit, in f32 on the CPU),
+random weights, in half precision, fused attention
+(scaled_dot_product_attention, as timm uses).
 
     python tools/gpu/torch_peer.py ITERATIONS BATCH [BATCH...]
 
