@@ -74,10 +74,10 @@ for batch in 1 32; do
   bench cpu $batch $(((n + 9) / 10)) --threads 0 >>"$out/bench.jsonl" || failed=1
 done
 "$python" tools/gpu/torch_peer.py 200 1 32 >>"$out/bench.jsonl" || failed=1
-"$python" - "$out/bench.jsonl" <<'EOF'
+"$python" - "$out/bench.jsonl" <<'EOF' || failed=1
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
-peer = {r["batch"]: r for r in rows if r["runtime"].startswith("pytorch")}
+peer = {r["batch"]: r for r in rows if r.get("runtime", "").startswith("pytorch")}
 print(f"{'runtime':<34} {'batch':>5} {'p50 ms':>8} {'p99 ms':>8} {'images/s':>9} {'p50 / pytorch':>14}")
 for r in rows:
     name = r.get("runtime") or (f"edgevit {r['backend']} {r['float']}" + (" q4_0" if r["block_quant"] else "")
