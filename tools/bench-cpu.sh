@@ -18,22 +18,12 @@ cd "$(dirname "$0")/.."
 iterations=${1:-40}
 out=out/bench
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import timm, onnxruntime" 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q -r models/export/requirements.txt
-fi
-[ -f $out/vit-ti-ggem-int8.onnx ] || .venv/bin/python tools/bench/vit_ti.py $out
+. tools/bench/vit_ti.sh
+vit_ti_exports
 cargo build -q -p edgevit
 edgevit=target/debug/edgevit
-
 for model in mean ggem ggem-int8; do
-  precision=fp32
-  [ $model = ggem-int8 ] && precision=int8
-  rm -rf $out/bundle-$model
-  $edgevit bundle create --model $out/vit-ti-$model.onnx --labels $out/labels.txt \
-    --name vit-ti-$model --version 1 --width 224 --height 224 --precision $precision \
-    --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
-    --golden-image $out/image.png --out $out/bundle-$model >/dev/null
+  vit_ti_bundle $edgevit $model $out/bundle-$model
 done
 
 p50() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])['p50_ms'])" "$1"; }

@@ -22,11 +22,8 @@ data=/usr/share/datasets/fashion-mnist
   echo "tools/gpu-prepare.sh: $data is missing: install the Debian package dataset-fashion-mnist" >&2
   exit 1
 }
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import timm, onnx" 2>/dev/null; then
-  python3 -m venv .venv
-  .venv/bin/pip install -q -r models/export/requirements.txt
-fi
-[ -f out/bench/vit-ti-ggem-int8.onnx ] || .venv/bin/python tools/bench/vit_ti.py out/bench
+. tools/bench/vit_ti.sh
+vit_ti_exports
 
 cargo build --locked --profile "$profile" -p edgevit
 target=target/$profile
@@ -36,8 +33,5 @@ mkdir -p $dir/fashion-mnist
 cp $target/edgevit $dir/edgevit
 strip $dir/edgevit
 cp $data/t10k-images-idx3-ubyte.gz $data/t10k-labels-idx1-ubyte.gz $dir/fashion-mnist/
-$dir/edgevit bundle create --model out/bench/vit-ti-ggem-int8.onnx --labels out/bench/labels.txt \
-  --name vit-ti-ggem-int8 --version 1 --width 224 --height 224 --precision int8 \
-  --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 \
-  --golden-image out/bench/image.png --out $dir/vit-ti-ggem-int8 >/dev/null
+vit_ti_bundle $dir/edgevit ggem-int8 $dir/vit-ti-ggem-int8
 echo "tools/gpu-prepare.sh: carry $dir ($(du -sh $dir | cut -f1)), then run tools/gpu-check.sh"
