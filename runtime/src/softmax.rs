@@ -160,12 +160,11 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
         let node = model.node(id);
         let Some(op) = node.op_as::<Softmax>() else { continue };
         let fact = model.outlet_fact(node.inputs[0])?;
-        let last = fact.rank().checked_sub(1);
+        let last_axis = fact.rank().checked_sub(1).is_some_and(|last| op.axes.as_slice() == [last]);
         if op.kind != SoftmaxKind::Softmax
             || op.quant_output_dt.is_some()
             || fact.datum_type != f32::datum_type()
-            || last.is_none()
-            || op.axes.as_slice() != [last.unwrap()]
+            || !last_axis
         {
             continue;
         }
