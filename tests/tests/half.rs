@@ -6,13 +6,10 @@
 use edgevit_tests::*;
 
 /// Top-1 and logits of every sample on `backend` at `float`.
-fn samples(backend: &str, float: &str) -> Vec<(u64, Vec<f64>)> {
-    let mut args = vec!["classify".to_string(), "--json".into(), "--backend".into(), backend.into()];
-    args.extend(["--float".into(), float.into()]);
-    let mut paths: Vec<String> =
-        std::fs::read_dir(repo(SAMPLES)).unwrap().map(|e| e.unwrap().path().display().to_string()).collect();
-    paths.sort();
-    args.extend(paths);
+fn classify_samples(backend: &str, float: &str) -> Vec<(u64, Vec<f64>)> {
+    let mut args: Vec<std::ffi::OsString> =
+        ["classify", "--json", "--backend", backend, "--float", float].map(Into::into).into();
+    args.extend(samples().into_iter().map(Into::into));
     let run = edgevit(&args);
     run.ok()
         .json_lines()
@@ -40,7 +37,7 @@ fn agree(full: &[(u64, Vec<f64>)], half: &[(u64, Vec<f64>)]) -> f64 {
 
 #[test]
 fn f16_agrees_with_f32_on_the_samples() {
-    let worst = agree(&samples("cpu", "f32"), &samples("cpu", "f16"));
+    let worst = agree(&classify_samples("cpu", "f32"), &classify_samples("cpu", "f16"));
     eprintln!("f16 against f32 on the CPU, 20 samples: max |logit diff| {worst:.3e}");
 }
 
@@ -53,7 +50,7 @@ fn cuda_agrees_with_the_cpu_where_it_can_run() {
         return;
     }
     edgevit(["bundle", "verify", "--backend", "cuda"]).ok();
-    let worst = agree(&samples("cpu", "f32"), &samples("cuda", "f16"));
+    let worst = agree(&classify_samples("cpu", "f32"), &classify_samples("cuda", "f16"));
     eprintln!("cuda f16 against cpu f32, 20 samples: max |logit diff| {worst:.3e}");
 }
 
