@@ -5,11 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Debian packages: the data set the accuracy tests read, libclang for the
-# bindings the v4l crate generates at build time, nginx, the static web
-# server the update tests publish channels on, and qemu with the arm64
-# C library, under which the firmware test runs an image's binary.
-packages=(dataset-fashion-mnist libclang-dev nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross)
+# Debian packages: the data set the accuracy tests read, nginx, the static
+# web server the update tests publish channels on, and qemu with the arm64
+# C library, under which the firmware test runs an image's binary. Nothing
+# here is needed to build: no crate of the workspace compiles against system
+# headers or libraries.
+packages=(dataset-fashion-mnist nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

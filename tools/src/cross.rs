@@ -80,8 +80,6 @@ pub struct CrossBinary {
 struct Toolchain {
     /// `.venv/bin`, which holds the Python whose `-m ziglang` is zig.
     venv_bin: PathBuf,
-    /// zig's `lib/libc/include`, for the bindings generated at build time.
-    libc_include: PathBuf,
 }
 
 /// Builds `edgevit` from the workspace at `workspace` for `board`.
@@ -112,26 +110,6 @@ pub fn build(
     let _lock = lock(&target_dir.join("build.lock"))?;
 
     let env_target = target.replace('-', "_");
-    // zig keeps one set of glibc headers for 32- and 64-bit x86.
-    let header_arch = match arch {
-        "x86_64" | "i686" => "x86",
-        other => other,
-    };
-    let header_dirs = [
-        format!("{header_arch}-linux-gnu"),
-        "generic-glibc".into(),
-        format!("{header_arch}-linux-any"),
-        "any-linux-any".into(),
-    ];
-    let mut bindgen_args = Vec::new();
-    for dir in header_dirs {
-        let dir = toolchain.libc_include.join(dir);
-        if !dir.is_dir() {
-            bail!("zig has no C headers for {target}: expected {}", dir.display());
-        }
-        bindgen_args.push(format!("-I{}", dir.display()));
-    }
-    let bindgen_args = bindgen_args.join(" ");
     let cargo_home = std::env::var_os("CARGO_HOME")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
@@ -164,7 +142,6 @@ pub fn build(
         .env(format!("CC_{env_target}"), &cc)
         .env(format!("AR_{env_target}"), &ar)
         .env(format!("CARGO_TARGET_{}_LINKER", env_target.to_uppercase()), &cc)
-        .env(format!("BINDGEN_EXTRA_CLANG_ARGS_{env_target}"), bindgen_args)
         .env("CARGO_ENCODED_RUSTFLAGS", rustflags)
         .env("CARGO_INCREMENTAL", "0")
         .env("CARGO_TERM_COLOR", "never")
@@ -236,7 +213,7 @@ fn write_script(path: &Path, text: &str) -> Result<()> {
 fn toolchain(workspace: &Path, target: &str) -> Result<Toolchain> {
     let setup = "tools/cross-setup.sh installs it";
     let venv = workspace.join(".venv");
-    let ziglang = fs::read_dir(venv.join("lib"))
+    fs::read_dir(venv.join("lib"))
         .into_iter()
         .flatten()
         .flatten()
@@ -266,7 +243,7 @@ fn toolchain(workspace: &Path, target: &str) -> Result<Toolchain> {
             sysroot.display()
         );
     }
-    Ok(Toolchain { venv_bin: venv.join("bin"), libc_include: ziglang.join("lib/libc/include") })
+    Ok(Toolchain { venv_bin: venv.join("bin") })
 }
 
 fn on_path(name: &str) -> bool {
