@@ -152,6 +152,41 @@ fn xavier_nx_binary_needs_no_glibc_newer_than_2_31() {
     assert_glibc_floor(XAVIER, "2.31");
 }
 
+/// Issue 16: no crate of the build may generate bindings or probe for system
+/// libraries at build time, so that a machine with only the Rust toolchain
+/// (no libclang, no `-dev` packages) builds the binary natively and for
+/// every board. What the binary needs from the system it loads at run time.
+#[test]
+fn issue_16_no_crate_builds_against_system_headers_or_libraries() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .current_dir(workspace())
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> =
+        metadata["packages"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert!(names.contains(&"tract-onnx"), "{names:?}");
+    for forbidden in ["bindgen", "clang-sys", "pkg-config", "system-deps", "vcpkg"] {
+        assert!(
+            !names.contains(&forbidden),
+            "the build depends on {forbidden}: see `cargo tree -i {forbidden}`"
+        );
+    }
+}
+
+/// Issue 16: the crash-injection hook of the update tests stays out of
+/// what ships.
+#[test]
+fn issue_16_image_binaries_carry_no_crash_hook() {
+    let orin = contents(&image(ORIN).image);
+    let binary = &orin.files["usr/bin/edgevit"];
+    let hook = b"EDGEVIT_UPDATE_CRASH_AT";
+    assert!(!binary.windows(hook.len()).any(|w| w == hook), "the image's binary has the crash hook");
+}
+
 #[test]
 fn images_hold_the_device_tree() {
     let orin = contents(&image(ORIN).image);
