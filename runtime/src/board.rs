@@ -17,6 +17,9 @@ pub const DEVICE_BOARD_FILE: &str = "/etc/edgevit/board.toml";
 /// the API version it binds (`cuda-12020` in Cargo.toml), Orin's JetPack 6.0.
 pub const MIN_GPU_CUDA: (u32, u32) = (12, 2);
 
+/// A board profile is a page of TOML.
+const MAX_BOARD_BYTES: u64 = 1 << 20;
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Board {
@@ -88,8 +91,9 @@ impl Board {
 
     /// Reads the profile at `path`.
     pub fn load(path: &Path) -> Result<Board> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("board {}: cannot read", path.display()))?;
+        let bytes = crate::fsutil::read_regular(path, MAX_BOARD_BYTES, "board")?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| anyhow::anyhow!("board {}: expected UTF-8 text", path.display()))?;
         Board::parse(&text, &path.display().to_string())
     }
 

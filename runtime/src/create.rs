@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 
-use crate::bundle::{f32_bytes, file_entry, parse_labels, RawBundle, SignaturePolicy, MANIFEST};
+use crate::bundle::{
+    f32_bytes, file_entry, parse_labels, RawBundle, SignaturePolicy, MANIFEST, MAX_FILE_BYTES,
+    MAX_LABELS_BYTES,
+};
 use crate::engine::{Engine, EngineOptions};
 use crate::keys::{SecretKey, TrustStore};
 use crate::manifest::{GoldenSpec, InputSpec, LabelsSpec, Manifest, ModelSpec, Precision, FORMAT};
@@ -41,11 +44,8 @@ pub fn create(opts: &CreateOptions) -> Result<Manifest> {
         bail!("output {}: already exists, expected a new directory", opts.out.display());
     }
     let key = opts.key.as_deref().map(SecretKey::load).transpose()?;
-    let read = |p: &Path, what: &str| {
-        std::fs::read(p).with_context(|| format!("{what} {}: cannot read", p.display()))
-    };
-    let model = read(&opts.model, "model")?;
-    let labels = read(&opts.labels, "labels")?;
+    let model = crate::fsutil::read_regular(&opts.model, MAX_FILE_BYTES, "model")?;
+    let labels = crate::fsutil::read_regular(&opts.labels, MAX_LABELS_BYTES, "labels")?;
     let classes = parse_labels(&labels).len();
     if classes == 0 {
         bail!("labels {}: expected one label per line but the file has none", opts.labels.display());

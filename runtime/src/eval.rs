@@ -1,7 +1,7 @@
 //! Accuracy on a labelled set in idx format (MNIST, Fashion-MNIST), read
 //! directly from the `.gz` files.
 
-use std::io::Read;
+use std::io::{BufRead, Read};
 use std::path::Path;
 use std::time::Instant;
 
@@ -22,49 +22,58 @@ pub struct Idx {
 const MAX_IDX_BYTES: u64 = 4 << 30;
 
 impl Idx {
-    /// Reads an idx file, gzip-compressed or plain (sniffed from the content).
+    /// Reads an idx file, gzip-compressed or plain (sniffed from the
+    /// content). The header is checked before any data is read, and the
+    /// data is read as it comes, so memory is bounded by what the file
+    /// really holds, never by what its header claims.
     pub fn open(path: &Path) -> Result<Idx> {
         let context = || format!("idx {}", path.display());
-        let bytes = std::fs::read(path).with_context(|| format!("idx {}: cannot read", path.display()))?;
-        let mut data = Vec::new();
-        if bytes.starts_with(&[0x1f, 0x8b]) {
-            flate2::read::GzDecoder::new(bytes.as_slice())
-                .take(MAX_IDX_BYTES + 1)
-                .read_to_end(&mut data)
-                .map_err(|e| anyhow::anyhow!("expected gzip data but {e}"))
-                .with_context(context)?;
-        } else {
-            data = bytes;
-        }
-        Idx::parse(data).with_context(context)
+        let (file, _) = crate::fsutil::open_regular(path, "idx")?;
+        let mut file = std::io::BufReader::new(file);
+        let gzip = file.fill_buf().with_context(context)?.starts_with(&[0x1f, 0x8b]);
+        if gzip { Idx::read(flate2::bufread::GzDecoder::new(file)) } else { Idx::read(file) }
+            .with_context(context)
     }
 
-    fn parse(mut data: Vec<u8>) -> Result<Idx> {
-        if data.len() < 4 || data[0] != 0 || data[1] != 0 {
+    fn read(mut r: impl Read) -> Result<Idx> {
+        let mut magic = [0u8; 4];
+        if !fill(&mut r, &mut magic)? || magic[0] != 0 || magic[1] != 0 {
             bail!("expected the idx magic 00 00 but the file starts differently");
         }
-        if data[2] != 0x08 {
-            bail!("expected unsigned-byte data (type 0x08) but the file has type {:#04x}", data[2]);
+        if magic[2] != 0x08 {
+            bail!("expected unsigned-byte data (type 0x08) but the file has type {:#04x}", magic[2]);
         }
-        let rank = data[3] as usize;
-        let header = 4 + 4 * rank;
-        if rank == 0 || data.len() < header {
+        let rank = magic[3] as usize;
+        let mut header = vec![0u8; 4 * rank];
+        if rank == 0 || !fill(&mut r, &mut header)? {
             bail!("expected {rank} dimensions in the header but the file is too short");
         }
-        let dims: Vec<usize> = data[4..header]
-            .chunks_exact(4)
-            .map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize)
-            .collect();
-        let expected = dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d));
-        let found = data.len() - header;
-        if expected != Some(found) {
-            bail!(
-                "expected {} bytes of data for dimensions {dims:?} but the file has {found}",
-                expected.unwrap_or(usize::MAX)
-            );
+        let dims: Vec<usize> =
+            header.chunks_exact(4).map(|d| u32::from_be_bytes([d[0], d[1], d[2], d[3]]) as usize).collect();
+        let expected = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64));
+        let expected = match expected {
+            Some(n) if n <= MAX_IDX_BYTES => n,
+            _ => bail!("expected at most {MAX_IDX_BYTES} bytes of data but dimensions {dims:?} need more"),
+        };
+        let mut data = Vec::new();
+        r.take(expected + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| anyhow::anyhow!("expected idx data but {e}"))?;
+        if data.len() as u64 != expected {
+            let found =
+                if data.len() as u64 > expected { "more".to_string() } else { data.len().to_string() };
+            bail!("expected {expected} bytes of data for dimensions {dims:?} but the file has {found}");
         }
-        data.drain(..header);
         Ok(Idx { dims, data })
+    }
+}
+
+/// Fills `buf` from `r`: `false` when the data ends first.
+fn fill(r: &mut impl Read, buf: &mut [u8]) -> Result<bool> {
+    match r.read_exact(buf) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => bail!("expected idx data but {e}"),
     }
 }
 
@@ -115,13 +124,16 @@ mod tests {
     fn parses_header_and_rejects_inconsistent_sizes() {
         let mut bytes = vec![0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3];
         bytes.extend(0..6u8);
-        let idx = Idx::parse(bytes.clone()).unwrap();
+        let idx = Idx::read(bytes.as_slice()).unwrap();
         assert_eq!(idx.dims, [2, 3]);
         assert_eq!(idx.data, [0, 1, 2, 3, 4, 5]);
+        let longer = [bytes.as_slice(), &[6]].concat();
+        assert!(Idx::read(longer.as_slice()).unwrap_err().to_string().ends_with("but the file has more"));
         bytes.pop();
-        assert!(Idx::parse(bytes).unwrap_err().to_string().contains("expected 6 bytes"));
-        assert!(Idx::parse(vec![1, 2, 3]).is_err());
+        assert!(Idx::read(bytes.as_slice()).unwrap_err().to_string().contains("expected 6 bytes"));
+        assert!(Idx::read([1u8, 2, 3].as_slice()).is_err());
         // A header claiming 2^32 x 2^32 items must not overflow or allocate.
-        assert!(Idx::parse(vec![0, 0, 8, 2, 255, 255, 255, 255, 255, 255, 255, 255]).is_err());
+        let huge = [0u8, 0, 8, 2, 255, 255, 255, 255, 255, 255, 255, 255];
+        assert!(Idx::read(huge.as_slice()).unwrap_err().to_string().contains("need more"));
     }
 }

@@ -1,11 +1,65 @@
-//! File writes that never leave a half-written file where a good one was.
+//! File writes that never leave a half-written file where a good one was,
+//! and reads of the paths users name that refuse what is not a bounded
+//! regular file.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::io::{Read, Write};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+/// Opens `path` for reading if it is a regular file, and returns it with its
+/// length. Directories, character and block devices (`/dev/zero`), FIFOs and
+/// sockets are refused: they never end, block, or are not data. Errors name
+/// the file as `{what} {path}`. The open is
+/// non-blocking, so a FIFO cannot hang it, and the type is taken from the
+/// opened file, so a path swapped after a check cannot slip through.
+pub fn open_regular(path: &Path, what: &str) -> Result<(File, u64)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .with_context(|| format!("{what} {}: cannot open", path.display()))?;
+    let meta = file.metadata().with_context(|| format!("{what} {}: cannot read", path.display()))?;
+    let kind = meta.file_type();
+    let kind = if kind.is_file() {
+        return Ok((file, meta.len()));
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    };
+    bail!("{what} {}: expected a regular file but it is {kind}", path.display())
+}
+
+/// Reads the regular file `path` whole if it has at most `cap` bytes; see
+/// [`open_regular`]. A file that grows while it is read is cut at `cap + 1`
+/// bytes and refused, so memory stays bounded by `cap` either way.
+pub fn read_regular(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>> {
+    let (file, len) = open_regular(path, what)?;
+    let too_big =
+        |n: u64| anyhow::anyhow!("{what} {}: expected at most {cap} bytes but it has {n}", path.display());
+    if len > cap {
+        return Err(too_big(len));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{what} {}: cannot read", path.display()))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
 
 /// Writes `bytes` to `path` through a temporary file in the same directory:
 /// write, fsync, rename over `path`, fsync the directory. A crash at any
@@ -59,6 +113,26 @@ fn write_via_temporary(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_bounded_regular_files_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.png");
+        std::fs::write(&file, b"12345").unwrap();
+        assert_eq!(read_regular(&file, 5, "image").unwrap(), b"12345");
+        let err = read_regular(&file, 4, "image").unwrap_err().to_string();
+        assert_eq!(err, format!("image {}: expected at most 4 bytes but it has 5", file.display()));
+        let fifo = dir.path().join("fifo.png");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: c is a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        for (path, kind) in
+            [(dir.path(), "a directory"), (&fifo, "a FIFO"), (Path::new("/dev/zero"), "a character device")]
+        {
+            let err = read_regular(path, 1 << 20, "image").unwrap_err().to_string();
+            assert_eq!(err, format!("image {}: expected a regular file but it is {kind}", path.display()));
+        }
+    }
 
     #[test]
     fn replaces_the_file_and_leaves_no_temporary() {

@@ -15,9 +15,11 @@ pub const DEFAULT_TRUST_DIR: &str = "/etc/edgevit/keys";
 
 /// Reads the single hex line of a key or signature file, skipping `#` comments.
 fn read_hex(path: &Path, what: &str, len: usize) -> Result<Vec<u8>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("{what} {}: cannot read", path.display()))?;
-    parse_hex(&text, len).with_context(|| format!("{what} {}", path.display()))
+    // A key file is one line of hex and a few comments.
+    let bytes = crate::fsutil::read_regular(path, 64 << 10, what)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| anyhow::anyhow!("{what} {}: expected hex text", path.display()))?;
+    parse_hex(text, len).with_context(|| format!("{what} {}", path.display()))
 }
 
 /// Parses `len` bytes of hex from text whose other lines are `#` comments.

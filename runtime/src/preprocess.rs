@@ -21,6 +21,8 @@ use crate::manifest::{InputSpec, Layout};
 pub const MAX_IMAGE_SIDE: u32 = 16384;
 /// Most bytes a decoder may allocate for one image.
 pub const MAX_IMAGE_ALLOC: u64 = 512 << 20;
+/// Largest image file read: a 16384 x 16384 JPEG at high quality fits.
+pub const MAX_IMAGE_FILE_BYTES: u64 = 128 << 20;
 
 /// Pixel layout of an 8-bit frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,7 +85,7 @@ impl Image {
 
     /// Reads and decodes an image file.
     pub fn open(path: &Path) -> Result<Image> {
-        let bytes = std::fs::read(path).with_context(|| format!("image {}: cannot read", path.display()))?;
+        let bytes = crate::fsutil::read_regular(path, MAX_IMAGE_FILE_BYTES, "image")?;
         Image::decode(&bytes).with_context(|| format!("image {}", path.display()))
     }
 

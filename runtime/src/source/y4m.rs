@@ -145,7 +145,7 @@ pub(crate) struct Y4m {
 impl Y4m {
     pub(crate) fn open(path: &Path, repeat: Repeat, pacer: Pacer) -> Result<Y4m> {
         let name = path.display();
-        let file = File::open(path).with_context(|| format!("y4m {name}: cannot open"))?;
+        let (file, _) = crate::fsutil::open_regular(path, "y4m")?;
         let mut reader = BufReader::new(file);
         let mut line = Vec::new();
         let header = match read_line(&mut reader, &mut line) {

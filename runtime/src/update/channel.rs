@@ -146,7 +146,7 @@ pub fn publish(
         names.extend(m.files.keys().cloned());
         pack_dir(bundle, &names)?
     } else {
-        std::fs::read(bundle).with_context(|| format!("{}: cannot read", bundle.display()))?
+        crate::fsutil::read_regular(bundle, crate::bundle::MAX_FILE_BYTES, "bundle")?
     };
     std::fs::create_dir_all(out).with_context(|| format!("{}: cannot create", out.display()))?;
     let name = format!("{}-{}.tar", m.name, m.version);

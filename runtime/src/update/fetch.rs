@@ -3,7 +3,7 @@
 //! storage. Downloads go to a staging file and resume with an HTTP Range
 //! request from where the last attempt stopped.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::time::Duration;
@@ -60,7 +60,7 @@ impl Fetcher {
     pub fn get(&self, url: &str, cap: u64) -> Result<Vec<u8>> {
         let mut bytes = Vec::new();
         let mut reader: Box<dyn Read> = match local_path(url) {
-            Some(path) => Box::new(File::open(path).with_context(|| format!("{url}: cannot read"))?),
+            Some(path) => Box::new(crate::fsutil::open_regular(path, "file")?.0),
             None => self.request(url, None)?.into_reader(),
         };
         reader.by_ref().take(cap + 1).read_to_end(&mut bytes).map_err(|e| self.read_error(url, e))?;
@@ -94,8 +94,7 @@ impl Fetcher {
         }
         let (mut body, start) = match local_path(url) {
             Some(path) => {
-                let mut f = File::open(path).with_context(|| format!("{url}: cannot read"))?;
-                let len = f.metadata()?.len();
+                let (mut f, len) = crate::fsutil::open_regular(path, "file")?;
                 check_declared(url, len, size, part)?;
                 f.seek(SeekFrom::Start(have))?;
                 (Box::new(f) as Box<dyn Read>, have)
