@@ -14,6 +14,7 @@ use anyhow::{Context, Result};
 use ed25519_dalek::Signature;
 use sha2::{Digest, Sha256};
 
+use crate::fsutil::{open_regular, read_regular};
 use crate::keys::{SecretKey, TrustStore};
 use crate::manifest::{FileEntry, Manifest, FORMAT};
 
@@ -21,8 +22,12 @@ pub const MANIFEST: &str = "manifest.toml";
 pub const SIGNATURE: &str = "manifest.sig";
 /// A manifest is a page of text; anything bigger is not one.
 const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+/// A signature file is one line of hex.
+const MAX_SIGNATURE_BYTES: u64 = 4096;
 /// Upper bound for one payload file and for a whole tar bundle.
-const MAX_FILE_BYTES: u64 = 4 << 30;
+pub(crate) const MAX_FILE_BYTES: u64 = 4 << 30;
+/// Upper bound for a labels file: a million classes of a few words each.
+pub(crate) const MAX_LABELS_BYTES: u64 = 64 << 20;
 /// Largest image side a manifest may ask for.
 const MAX_INPUT_SIDE: u32 = 8192;
 
@@ -100,11 +105,21 @@ pub struct Golden {
     pub logits: Vec<Vec<f32>>,
 }
 
-/// The raw bytes of a bundle before verification.
+/// A bundle before verification: the manifest and its signature, read
+/// first, and where the payload files are, read only once the manifest is
+/// trusted and then each capped at the size it declares.
 pub struct RawBundle {
     pub manifest: Vec<u8>,
     pub signature: Option<Vec<u8>>,
-    files: BTreeMap<String, Vec<u8>>,
+    payload: Payload,
+}
+
+/// Where a bundle's payload files come from.
+enum Payload {
+    Memory(BTreeMap<String, Vec<u8>>),
+    Dir(PathBuf),
+    /// A tar file and the size of each regular file in it, from its headers.
+    Tar(PathBuf, BTreeMap<String, u64>),
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -130,99 +145,59 @@ pub fn safe_relative_path(name: &str) -> Result<String, BundleError> {
     Ok(parts.join("/"))
 }
 
-fn read_capped(path: &Path, cap: u64) -> Result<Vec<u8>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    if !meta.is_file() {
-        anyhow::bail!("{}: expected a regular file", path.display());
-    }
-    if meta.len() > cap {
-        anyhow::bail!("{}: expected at most {cap} bytes but it has {}", path.display(), meta.len());
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    std::fs::File::open(path)
-        .and_then(|f| f.take(cap + 1).read_to_end(&mut bytes))
-        .with_context(|| format!("{}: cannot read", path.display()))?;
-    Ok(bytes)
-}
-
 impl RawBundle {
-    /// Reads a bundle directory: the manifest, its signature and the files it lists.
+    /// A bundle directory: its manifest and signature now, the files the
+    /// manifest lists when it is verified.
     pub fn from_dir(dir: &Path) -> Result<RawBundle> {
-        let manifest = read_capped(&dir.join(MANIFEST), MAX_MANIFEST_BYTES)?;
+        let manifest = read_regular(&dir.join(MANIFEST), MAX_MANIFEST_BYTES, "bundle")?;
         let sig_path = dir.join(SIGNATURE);
-        let signature = if sig_path.exists() { Some(read_capped(&sig_path, 4096)?) } else { None };
-        // Only the files the manifest lists are read, each capped by its declared size.
-        let listed = parse_manifest(&manifest).map(|m| m.files).unwrap_or_default();
-        let mut files = BTreeMap::new();
-        for (name, entry) in &listed {
-            let rel = safe_relative_path(name)?;
-            let path = dir.join(&rel);
-            if !path.exists() {
-                continue;
-            }
-            let meta = std::fs::symlink_metadata(&path)?;
-            if !meta.is_file() {
-                return Err(BundleError::Inconsistent(rel, "a regular file".into()).into());
-            }
-            if meta.len() != entry.size {
-                return Err(BundleError::Size { file: rel, expected: entry.size, found: meta.len() }.into());
-            }
-            files.insert(rel, read_capped(&path, entry.size.min(MAX_FILE_BYTES))?);
-        }
-        Ok(RawBundle { manifest, signature, files })
+        let signature = if sig_path.exists() {
+            Some(read_regular(&sig_path, MAX_SIGNATURE_BYTES, "bundle")?)
+        } else {
+            None
+        };
+        Ok(RawBundle { manifest, signature, payload: Payload::Dir(dir.to_path_buf()) })
     }
 
-    /// Reads a bundle packed as a tar: regular files and directories only.
+    /// A bundle packed as a tar of regular files and directories. One pass
+    /// over the headers (seeking past the data) checks every entry's kind,
+    /// path and size and reads the manifest and its signature; the files
+    /// are read in a second pass, once the manifest is verified.
     pub fn from_tar(path: &Path) -> Result<RawBundle> {
-        let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let (file, _) = open_regular(path, "bundle")?;
         let mut archive = tar::Archive::new(file);
-        let mut files = BTreeMap::new();
+        let mut sizes = BTreeMap::new();
+        let (mut manifest, mut signature) = (None, None);
         let mut total = 0u64;
-        for entry in archive.entries().with_context(|| format!("{}: not a tar archive", path.display()))? {
-            let mut entry = entry.with_context(|| format!("{}: corrupt tar archive", path.display()))?;
-            let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-            let kind = entry.header().entry_type();
-            if kind.is_dir() {
-                safe_relative_path(&name).or_else(
-                    |e| {
-                        if name == "./" {
-                            Ok(String::new())
-                        } else {
-                            Err(e)
-                        }
-                    },
-                )?;
-                continue;
-            }
-            if !kind.is_file() {
-                return Err(BundleError::Inconsistent(
-                    name,
-                    "a regular file in the tar, not a link or device".into(),
-                )
-                .into());
-            }
-            let rel = safe_relative_path(&name)?;
+        for entry in tar_entries(path, &mut archive)? {
+            let (rel, mut entry) = entry?;
             let size = entry.size();
-            total += size;
+            total = total.saturating_add(size);
             if total > MAX_FILE_BYTES {
                 anyhow::bail!("{}: expected at most {MAX_FILE_BYTES} bytes of payload", path.display());
             }
-            let mut bytes = Vec::with_capacity(size as usize);
-            entry
-                .by_ref()
-                .take(size)
-                .read_to_end(&mut bytes)
-                .with_context(|| format!("{}: truncated tar entry {rel}", path.display()))?;
-            if bytes.len() as u64 != size {
-                anyhow::bail!("{}: truncated tar entry {rel}", path.display());
+            let small = match rel.as_str() {
+                MANIFEST => Some((&mut manifest, MAX_MANIFEST_BYTES)),
+                SIGNATURE => Some((&mut signature, MAX_SIGNATURE_BYTES)),
+                _ => None,
+            };
+            if let Some((slot, cap)) = small {
+                if size > cap {
+                    anyhow::bail!(
+                        "{}: {rel}: expected at most {cap} bytes but it has {size}",
+                        path.display()
+                    );
+                }
+                *slot = Some(read_entry(path, &rel, &mut entry, size)?);
             }
-            if files.insert(rel.clone(), bytes).is_some() {
+            if sizes.insert(rel.clone(), size).is_some() {
                 return Err(BundleError::Inconsistent(rel, "one entry per path".into()).into());
             }
         }
-        let manifest = files.remove(MANIFEST).ok_or_else(|| BundleError::Missing(MANIFEST.into()))?;
-        let signature = files.remove(SIGNATURE);
-        Ok(RawBundle { manifest, signature, files })
+        let manifest = manifest.ok_or_else(|| BundleError::Missing(MANIFEST.into()))?;
+        sizes.remove(MANIFEST);
+        sizes.remove(SIGNATURE);
+        Ok(RawBundle { manifest, signature, payload: Payload::Tar(path.to_path_buf(), sizes) })
     }
 
     /// A bundle from bytes already in memory (the embedded default).
@@ -230,7 +205,7 @@ impl RawBundle {
         RawBundle {
             manifest: manifest.to_vec(),
             signature: Some(signature.to_vec()),
-            files: files.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect(),
+            payload: Payload::Memory(files.iter().map(|(n, b)| (n.to_string(), b.to_vec())).collect()),
         }
     }
 
@@ -254,7 +229,7 @@ impl RawBundle {
         };
         let manifest = parse_manifest(&self.manifest)?;
         check_manifest(&manifest)?;
-        let mut files = self.files;
+        let mut files = self.payload.load(&manifest)?;
         for (name, entry) in &manifest.files {
             let rel = safe_relative_path(name)?;
             let bytes = files.get(&rel).ok_or_else(|| BundleError::Missing(rel.clone()))?;
@@ -282,6 +257,102 @@ impl RawBundle {
         bundle.check_contents()?;
         Ok(bundle)
     }
+}
+
+impl Payload {
+    /// The files `manifest` lists, each read up to the size it declares; a
+    /// file of another size is refused without reading it.
+    fn load(self, manifest: &Manifest) -> Result<BTreeMap<String, Vec<u8>>> {
+        let mut files = BTreeMap::new();
+        match self {
+            Payload::Memory(all) => files = all,
+            Payload::Dir(dir) => {
+                for (name, entry) in &manifest.files {
+                    let rel = safe_relative_path(name)?;
+                    let path = dir.join(&rel);
+                    let Ok(meta) = std::fs::symlink_metadata(&path) else { continue };
+                    if !meta.is_file() {
+                        return Err(BundleError::Inconsistent(rel, "a regular file".into()).into());
+                    }
+                    if meta.len() != entry.size {
+                        return Err(
+                            BundleError::Size { file: rel, expected: entry.size, found: meta.len() }.into()
+                        );
+                    }
+                    files.insert(rel, read_regular(&path, entry.size.min(MAX_FILE_BYTES), "bundle")?);
+                }
+            }
+            Payload::Tar(path, sizes) => {
+                let listed: BTreeMap<String, u64> = manifest
+                    .files
+                    .iter()
+                    .map(|(name, entry)| Ok((safe_relative_path(name)?, entry.size)))
+                    .collect::<Result<_, BundleError>>()?;
+                for (rel, &expected) in &listed {
+                    match sizes.get(rel) {
+                        Some(&found) if found != expected => {
+                            return Err(BundleError::Size { file: rel.clone(), expected, found }.into())
+                        }
+                        _ => {}
+                    }
+                }
+                let (file, _) = open_regular(&path, "bundle")?;
+                let mut archive = tar::Archive::new(file);
+                for entry in tar_entries(&path, &mut archive)? {
+                    let (rel, mut entry) = entry?;
+                    if let Some(&size) = listed.get(&rel) {
+                        files.insert(rel.clone(), read_entry(&path, &rel, &mut entry, size)?);
+                    }
+                }
+            }
+        }
+        Ok(files)
+    }
+}
+
+/// The regular files of the tar at `path` with their normalized paths,
+/// seeking past data not read; directories are checked and skipped, and
+/// anything else (links, devices, sparse files) is refused.
+fn tar_entries<'a>(
+    path: &'a Path,
+    archive: &'a mut tar::Archive<std::fs::File>,
+) -> Result<impl Iterator<Item = Result<(String, tar::Entry<'a, std::fs::File>)>> + 'a> {
+    let corrupt = move || format!("{}: corrupt tar archive", path.display());
+    let entries =
+        archive.entries_with_seek().with_context(|| format!("{}: not a tar archive", path.display()))?;
+    Ok(entries.filter_map(move |entry| {
+        let entry = match entry.with_context(corrupt) {
+            Ok(entry) => entry,
+            Err(e) => return Some(Err(e)),
+        };
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+        let kind = entry.header().entry_type();
+        if kind.is_dir() {
+            return match safe_relative_path(&name) {
+                Err(_) if name == "./" => None,
+                Err(e) => Some(Err(e.into())),
+                Ok(_) => None,
+            };
+        }
+        if !kind.is_file() {
+            let e = BundleError::Inconsistent(name, "a regular file in the tar, not a link or device".into());
+            return Some(Err(e.into()));
+        }
+        Some(safe_relative_path(&name).map(|rel| (rel, entry)).map_err(Into::into))
+    }))
+}
+
+/// The `size` bytes of a tar entry, allocated as they are read.
+fn read_entry(path: &Path, rel: &str, entry: &mut impl Read, size: u64) -> Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    entry
+        .take(size)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("{}: truncated tar entry {rel}", path.display()))?;
+    if bytes.len() as u64 != size {
+        anyhow::bail!("{}: truncated tar entry {rel}", path.display());
+    }
+    Ok(bytes)
 }
 
 fn parse_signature(bytes: &[u8]) -> Result<Signature> {
