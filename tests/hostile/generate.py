@@ -165,6 +165,18 @@ def main():
     nowhere = helper.make_tensor_value_info("nowhere", TensorProto.FLOAT, [1, 10])
     relu = [helper.make_node("Relu", ["x"], ["r"])]
     write("model-undefined-output.onnx", onnx_model(helper.make_graph(relu, "undefined", [image], [nowhere])))
+    # Loads and plans, then indexes out of range at run time: tract's Gather
+    # slices its data without a bounds check and panics.
+    table = helper.make_tensor("table", TensorProto.FLOAT, [10, 10], [0.0] * 100)
+    scale = helper.make_tensor("scale", TensorProto.FLOAT, [], [1000.0])
+    gather = [
+        helper.make_node("ReduceMax", ["x"], ["m"], axes=[1, 2, 3], keepdims=0),
+        helper.make_node("Mul", ["m", "scale"], ["s"]),
+        helper.make_node("Cast", ["s"], ["i"], to=TensorProto.INT64),
+        helper.make_node("Gather", ["table", "i"], ["y"], axis=0),
+    ]
+    graph = helper.make_graph(gather, "gather", [image], [out], [table, scale])
+    write("model-panics-in-inference.onnx", onnx_model(graph))
 
     # Board profiles, through `boards --board-file FILE --current`.
     write("board-deep-nesting.toml", b"name = " + b"[" * DEPTH + b"]" * DEPTH + b"\n")

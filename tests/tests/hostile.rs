@@ -7,6 +7,8 @@
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use edgevit_tests::*;
 
@@ -63,6 +65,11 @@ const CASES: &[(&str, Via, &str)] = &[
     ("model-wrong-input-rank.onnx", Via::Model, "but the model declares [1, 784]"),
     ("model-cycle.onnx", Via::Model, "model.onnx"),
     (
+        "model-panics-in-inference.onnx",
+        Via::Model,
+        "inference failed at node y (Gather): tract failed while running the model: range start index",
+    ),
+    (
         "model-undefined-output.onnx",
         Via::Model,
         "tract failed while loading the model: no entry found for key",
@@ -116,7 +123,11 @@ fn args(via: Via, file: &Path, work: &Path) -> Vec<String> {
     }
 }
 
-/// Runs the binary in `cwd` and returns its output and peak RSS in KiB.
+/// A child still running after this long is stuck (a FIFO read, say) and is killed.
+const HANG: Duration = Duration::from_secs(20);
+
+/// Runs the binary in `cwd` and returns its output and peak RSS in KiB. A
+/// child that runs past [`HANG`] is killed, and so fails its case.
 fn run_measured(args: &[String], cwd: &Path) -> (Run, i64) {
     let child = Command::new(binary())
         .args(args)
@@ -136,11 +147,21 @@ fn run_measured(args: &[String], cwd: &Path) -> (Run, i64) {
         child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
         (out, err)
     });
+    let (done, finished) = mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(HANG) == Err(mpsc::RecvTimeoutError::Timeout) {
+            // SAFETY: kill has no memory preconditions; pid is our child,
+            // not reaped before `done` is sent.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    });
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill in.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: pid is our own child, not yet reaped; both pointers are valid.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let _ = done.send(());
+    watchdog.join().unwrap();
     assert_eq!(rc, pid, "wait4: {}", std::io::Error::last_os_error());
     let (stdout, stderr) = output.join().unwrap();
     let status = std::process::ExitStatus::from_raw(status);
@@ -164,6 +185,32 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     paths
 }
 
+/// Runs `args` in `work` and checks the refusal contract: a non-zero exit,
+/// no panic, exactly one `edgevit:` line containing `needle`, a peak RSS
+/// under [`MAX_RSS_KIB`], nothing written into `work`. Returns the peak RSS
+/// and what went wrong, if anything.
+fn refused(args: &[String], work: &Path, needle: &str) -> (i64, Option<String>) {
+    let prepared = tree(work);
+    let (run, rss_kib) = run_measured(args, work);
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    let problem = if run.code == Some(0) || run.code.is_none() {
+        format!("exit {:?}", run.code)
+    } else if run.stderr.contains("panicked") {
+        "panic".into()
+    } else if lines.len() != 1 || !lines[0].starts_with("edgevit: ") {
+        "not one edgevit: line".into()
+    } else if !lines[0].contains(needle) {
+        format!("line lacks {needle:?}")
+    } else if rss_kib > MAX_RSS_KIB {
+        format!("peak RSS {} MiB", rss_kib / 1024)
+    } else if tree(work) != prepared {
+        format!("wrote into its directory: {:?}", tree(work))
+    } else {
+        return (rss_kib, None);
+    };
+    (rss_kib, Some(format!("{problem}\n    stderr: {}", run.stderr.trim_end())))
+}
+
 #[test]
 fn every_hostile_file_is_refused_cleanly() {
     let corpus = repo("tests/hostile");
@@ -184,26 +231,11 @@ fn every_hostile_file_is_refused_cleanly() {
         let work = tempfile::tempdir().unwrap();
         let file = corpus.join(name);
         let args = args(via, &file, work.path());
-        let prepared = tree(work.path());
-        let (run, rss_kib) = run_measured(&args, work.path());
+        let (rss_kib, problem) = refused(&args, work.path(), needle);
         largest = largest.max((rss_kib, name));
-        let lines: Vec<&str> = run.stderr.lines().collect();
-        let problem = if run.code == Some(0) || run.code.is_none() {
-            format!("exit {:?}", run.code)
-        } else if run.stderr.contains("panicked") {
-            "panic".into()
-        } else if lines.len() != 1 || !lines[0].starts_with("edgevit: ") {
-            "not one edgevit: line".into()
-        } else if !lines[0].contains(needle) {
-            format!("line lacks {needle:?}")
-        } else if rss_kib > MAX_RSS_KIB {
-            format!("peak RSS {} MiB", rss_kib / 1024)
-        } else if tree(work.path()) != prepared {
-            format!("wrote into its directory: {:?}", tree(work.path()))
-        } else {
-            continue;
-        };
-        failures.push(format!("{name}: {problem}\n    stderr: {}", run.stderr.trim_end()));
+        if let Some(problem) = problem {
+            failures.push(format!("{name}: {problem}"));
+        }
     }
     eprintln!("{} cases; largest peak RSS {} MiB ({})", CASES.len(), largest.0 / 1024, largest.1);
     assert_eq!(tree(&corpus), corpus_before, "the corpus changed");
@@ -214,6 +246,64 @@ fn every_hostile_file_is_refused_cleanly() {
         "{} of {} cases failed:\n{}",
         failures.len(),
         CASES.len(),
+        failures.join("\n")
+    );
+}
+
+/// Issue 16: files that never end, block, or are not files at all, named
+/// where an image, a clip, a bundle or an idx set is expected: each is
+/// refused at once with one line and bounded memory.
+#[test]
+fn issue_16_endless_and_special_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo.png");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: c is a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let folder = dir.path().join("x.png");
+    std::fs::create_dir(&folder).unwrap();
+    let big = dir.path().join("big.png");
+    std::fs::File::create(&big).unwrap().set_len(2 << 30).unwrap();
+    let device = "expected a regular file but it is a character device";
+    let cases: &[(&Path, Via, &str)] = &[
+        (Path::new("/dev/zero"), Via::Classify, device),
+        (Path::new("/dev/zero"), Via::Run, device),
+        (Path::new("/dev/zero"), Via::BundleVerify, device),
+        (Path::new("/dev/zero"), Via::Eval, device),
+        (Path::new("/dev/urandom"), Via::Classify, device),
+        (Path::new("/dev/urandom"), Via::Run, device),
+        (Path::new("/dev/urandom"), Via::BundleVerify, device),
+        (Path::new("/dev/urandom"), Via::Eval, device),
+        (&fifo, Via::Classify, "expected a regular file but it is a FIFO"),
+        (&fifo, Via::Run, "expected a regular file but it is a FIFO"),
+        (&fifo, Via::BundleVerify, "expected a regular file but it is a FIFO"),
+        (&fifo, Via::Eval, "expected a regular file but it is a FIFO"),
+        (&folder, Via::Classify, "expected a regular file but it is a directory"),
+        (&folder, Via::Run, "expected .png, .jpg or .jpeg files but the directory has none"),
+        (&folder, Via::BundleVerify, "manifest.toml: cannot open"),
+        (&folder, Via::Eval, "expected a regular file but it is a directory"),
+        (&big, Via::Classify, "expected at most 134217728 bytes but it has 2147483648"),
+        (&big, Via::Run, "expected at most 134217728 bytes but it has 2147483648"),
+        (&big, Via::BundleVerify, "manifest.toml: listed in manifest.toml but missing"),
+        (&big, Via::Eval, "expected unsigned-byte data (type 0x08) but the file has type 0x00"),
+    ];
+    let mut failures = Vec::new();
+    let mut slowest = (Duration::ZERO, String::new());
+    for &(file, via, needle) in cases {
+        let work = tempfile::tempdir().unwrap();
+        let started = Instant::now();
+        let (_, problem) = refused(&args(via, file, work.path()), work.path(), needle);
+        slowest = slowest.max((started.elapsed(), format!("{} via {via:?}", file.display())));
+        if let Some(problem) = problem {
+            failures.push(format!("{} via {via:?}: {problem}", file.display()));
+        }
+    }
+    eprintln!("{} cases; slowest {:.2} s ({})", cases.len(), slowest.0.as_secs_f64(), slowest.1);
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
         failures.join("\n")
     );
 }
