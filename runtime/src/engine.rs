@@ -336,7 +336,11 @@ impl Engine {
         let m = &bundle.manifest;
         let spec = m.input.clone();
         let runnable = without_panics("loading the model", || -> Result<Box<dyn Runnable>> {
+            // The input is pinned below, so the intermediate shapes that ONNX
+            // shape inference writes into value_info, with the batch as a
+            // named symbol (`batch_size`), would only contradict it.
             let mut model = tract_onnx::onnx()
+                .with_ignore_value_info(true)
                 .model_for_read(&mut bundle.model_bytes())
                 .map_err(|e| anyhow::anyhow!("expected an ONNX model tract can load but {e}"))?;
             check_input(&model, &spec, batch)?;
@@ -425,12 +429,27 @@ impl Engine {
     }
 
     /// Runs the network on the current input and returns its logits, one row
-    /// of classes per image.
+    /// of classes per image. A panic inside tract is an error naming the
+    /// node that raised it (on the CPU plan, which runs node by node here).
     pub fn run(&mut self) -> Result<&[f32]> {
-        let outputs = self
-            .state
-            .run(tvec![TValue::from_const(self.input.clone())])
-            .with_context(|| format!("model {} v{}: inference failed", self.name, self.version))?;
+        let inputs = tvec![TValue::from_const(self.input.clone())];
+        let current = Cell::new(None);
+        let state = &mut self.state;
+        let outputs =
+            without_panics("running the model", || match state.downcast_mut::<TypedSimpleState>() {
+                Some(plan) => plan.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+                    current.set(Some(node.id));
+                    tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+                }),
+                None => state.run(inputs),
+            });
+        let outputs = outputs.with_context(|| {
+            let node = current.get().zip(self.state.downcast_ref::<TypedSimpleState>()).map(|(id, plan)| {
+                let node = plan.model().node(id);
+                format!(" at node {} ({})", node.name, node.op().name())
+            });
+            format!("model {} v{}: inference failed{}", self.name, self.version, node.unwrap_or_default())
+        })?;
         let logits = outputs[0].try_as_plain_ram()?.as_slice::<f32>()?;
         self.logits.copy_from_slice(logits);
         Ok(&self.logits)

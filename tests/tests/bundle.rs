@@ -33,23 +33,25 @@ fn info_prints_the_manifest() {
     assert!(out.contains("pooling  ggem (groups 4)"), "{out}");
 }
 
-/// A timm ViT exported by plain torch.onnx.export (dynamic batch; made by
-/// models/export/fixtures.py) becomes a bundle whose logits match onnxruntime.
-#[test]
-fn create_from_a_timm_vit_matches_onnxruntime() {
-    let tmp = tempfile::tempdir().unwrap();
-    let keys = tmp.path().join("release");
+/// The test image and labels of the timm ViT fixtures.
+const TIMM_IMAGE: &str = "tests/data/timm-vit/image.png";
+const TIMM_LABELS: &str = "tests/data/timm-vit/labels.txt";
+
+/// Makes a signed bundle of the `model.onnx` in `data` (made by
+/// models/export/fixtures.py or named_batch.py) with the timm test image as
+/// its golden set, checks its signature, and returns the bundle and its
+/// public key.
+fn timm_bundle(tmp: &Path, data: &Path) -> (String, String) {
+    let keys = tmp.join("release");
     edgevit(["bundle", "keygen", "--out", keys.to_str().unwrap()]).ok();
-    let out = tmp.path().join("timm");
-    let data = repo("tests/data/timm-vit");
-    let image = data.join("image.png").display().to_string();
+    let out = tmp.join("timm");
     let run = edgevit([
         "bundle",
         "create",
         "--model",
         data.join("model.onnx").to_str().unwrap(),
         "--labels",
-        data.join("labels.txt").to_str().unwrap(),
+        repo(TIMM_LABELS).to_str().unwrap(),
         "--name",
         "timm-vit-tiny",
         "--version",
@@ -65,21 +67,26 @@ fn create_from_a_timm_vit_matches_onnxruntime() {
         "--std",
         "0.229,0.224,0.225",
         "--golden-image",
-        &image,
+        repo(TIMM_IMAGE).to_str().unwrap(),
         "--key",
         keys.with_extension("key").to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
     ]);
     assert!(run.ok().stdout.contains("1 golden images, signed"), "{}", run.stdout);
-
-    let trust = keys.with_extension("pub").display().to_string();
-    edgevit(["bundle", "verify", "--bundle", out.to_str().unwrap(), "--trust", &trust]).ok();
+    let (out, trust) = (out.display().to_string(), keys.with_extension("pub").display().to_string());
+    edgevit(["bundle", "verify", "--bundle", &out, "--trust", &trust]).ok();
     // The development key did not sign it.
-    edgevit(["bundle", "verify", "--bundle", out.to_str().unwrap(), "--trust", DEV_PUB])
+    edgevit(["bundle", "verify", "--bundle", &out, "--trust", DEV_PUB])
         .fails_with("manifest.sig does not verify with any trusted key");
+    (out, trust)
+}
 
-    let run = edgevit(["classify", "--json", "--bundle", out.to_str().unwrap(), "--trust", &trust, &image]);
+/// Classifies the timm fixture's image with `bundle` and compares the
+/// logits with onnxruntime's in `data`/expected.json.
+fn assert_matches_onnxruntime(bundle: &str, trust: &str, data: &Path) {
+    let image = repo(TIMM_IMAGE).display().to_string();
+    let run = edgevit(["classify", "--json", "--bundle", bundle, "--trust", trust, &image]);
     let line = &run.ok().json_lines()[0];
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("expected.json")).unwrap()).unwrap();
@@ -90,6 +97,43 @@ fn create_from_a_timm_vit_matches_onnxruntime() {
         let (a, b) = (a.as_f64().unwrap(), b.as_f64().unwrap());
         assert!((a - b).abs() <= 1e-4, "class {c}: edgevit {a} vs onnxruntime {b}");
     }
+}
+
+/// A timm ViT exported by plain torch.onnx.export (dynamic batch) becomes a
+/// bundle whose logits match onnxruntime.
+#[test]
+fn create_from_a_timm_vit_matches_onnxruntime() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo("tests/data/timm-vit");
+    let (bundle, trust) = timm_bundle(tmp.path(), &data);
+    assert_matches_onnxruntime(&bundle, &trust, &data);
+}
+
+/// Issue 16: the same export after ONNX shape inference names the batch on
+/// every intermediate tensor's value_info; pinning the input to batch 1 (or
+/// 4) must not contradict it.
+#[test]
+fn issue_16_a_shape_inferred_export_with_a_named_batch_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = repo("tests/data/timm-vit-named-batch");
+    let (bundle, trust) = timm_bundle(tmp.path(), &data);
+    assert_matches_onnxruntime(&bundle, &trust, &data);
+    let run = edgevit([
+        "bench",
+        "--bundle",
+        &bundle,
+        "--trust",
+        &trust,
+        "--batch",
+        "4",
+        "--warmup",
+        "0",
+        "--iterations",
+        "1",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&run.ok().stdout).unwrap();
+    assert_eq!(report["batch"], 4, "{}", run.stdout);
 }
 
 #[test]
