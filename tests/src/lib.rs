@@ -39,7 +39,11 @@ pub fn binary() -> &'static Path {
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "-p", "edgevit", "--bin", "edgevit", "--target-dir"]).arg(target_dir);
+        // The crash-points feature, as this crate's dependency on edgevit has:
+        // the same features as the test build, so nothing is built twice.
+        cmd.args(["build", "--quiet", "-p", "edgevit", "--bin", "edgevit", "--features", "crash-points"])
+            .arg("--target-dir")
+            .arg(target_dir);
         if profile != "debug" {
             cmd.args(["--profile", profile]);
         }
