@@ -27,12 +27,14 @@ fi
 # firmware test cross-compiles images (tools/tests/firmware_build.rs).
 tools/cross-setup.sh aarch64-unknown-linux-gnu
 
-# NVRTC and the CUDA runtime headers, with which kernels/tests/nvrtc.rs
-# compiles every kernels/cuda/*.cu to PTX for every board (no GPU needed):
-# NVIDIA's wheels from PyPI, pinned, in .venv-cuda/. CUDA 12.9 is the last
-# release whose NVRTC still targets Xavier (compute_72); it knows Thor as
-# compute_101.
-cuda_wheels=(nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79)
+# NVRTC, the CUDA runtime and CCCL headers, and ptxas, with which
+# kernels/tests/nvrtc.rs compiles every kernels/cuda/*.cu to PTX for every
+# board and assembles it to SASS, and runtime/src/cuda.rs's tests compile
+# tract-cuda's kernels for Orin and Hopper (no GPU needed): NVIDIA's wheels
+# from PyPI, pinned, in .venv-cuda/. CUDA 12.9 is the last release whose
+# NVRTC still targets Xavier (compute_72); it knows Thor as compute_101.
+cuda_wheels=(nvidia-cuda-nvrtc-cu12==12.9.86 nvidia-cuda-runtime-cu12==12.9.79 nvidia-cuda-cccl-cu12==12.9.27
+  nvidia-cuda-nvcc-cu12==12.9.86)
 cuda_venv=.venv-cuda
 installed=""
 [ -x "$cuda_venv/bin/python" ] && installed="$("$cuda_venv/bin/python" -m pip list --format=freeze 2>/dev/null || true)"
@@ -48,13 +50,15 @@ for w in "${cuda_wheels[@]}"; do
   fi
 done
 cuda_site="$("$cuda_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-for f in "$cuda_site/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" "$cuda_site/nvidia/cuda_runtime/include/cuda_fp16.h"; do
+for f in "$cuda_site/nvidia/cuda_nvrtc/lib/libnvrtc.so.12" "$cuda_site/nvidia/cuda_runtime/include/cuda_fp16.h" \
+  "$cuda_site/nvidia/cuda_cccl/include/cuda/std/cstdint" "$cuda_site/nvidia/cuda_nvcc/bin/ptxas"; do
   [ -f "$f" ] || { echo "tools/test.sh: $f is missing; remove $cuda_venv/ and rerun" >&2; exit 1; }
 done
 # cudarc looks for libnvrtc.so.12 among its names; the headers are passed to
-# NVRTC as --include-path.
+# NVRTC as --include-path; the kernel test runs ptxas from EDGEVIT_PTXAS.
 export LD_LIBRARY_PATH="$cuda_site/nvidia/cuda_nvrtc/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export EDGEVIT_CUDA_INCLUDE="$cuda_site/nvidia/cuda_runtime/include"
+export EDGEVIT_CUDA_INCLUDE="$cuda_site/nvidia/cuda_runtime/include:$cuda_site/nvidia/cuda_cccl/include"
+export EDGEVIT_PTXAS="$cuda_site/nvidia/cuda_nvcc/bin/ptxas"
 
 cargo fmt --all -- --check
 cargo fmt --manifest-path fuzz/Cargo.toml -- --check

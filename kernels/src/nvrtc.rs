@@ -17,8 +17,10 @@ pub const BOARD_ARCHS: [u32; 3] = [72, 87, 90];
 /// Thor's compute capability: 11.0 from CUDA 13, 10.1 in CUDA 12.8 and 12.9.
 pub const THOR_ARCHS: [u32; 2] = [110, 101];
 
-/// Environment variable naming the directory that holds `cuda_fp16.h` (the
-/// `include/` of the CUDA runtime headers); `tools/test.sh` sets it.
+/// Environment variable naming the header directories, `:`-separated: the
+/// first holds `cuda_fp16.h` (the `include/` of the CUDA runtime headers),
+/// the others what else a source includes (CCCL's `cuda/std/...` for
+/// tract's kernels); `tools/test.sh` sets it.
 pub const INCLUDE_ENV: &str = "EDGEVIT_CUDA_INCLUDE";
 
 /// Why NVRTC could not be used.
@@ -113,6 +115,18 @@ impl Nvrtc {
         arch: u32,
         include_dirs: &[PathBuf],
     ) -> Result<CompiledPtx, NvrtcError> {
+        self.compile_ptx_with(source, name, arch, include_dirs, &[])
+    }
+
+    /// [`Nvrtc::compile_ptx`] with more NVRTC options (`--std=c++17`).
+    pub fn compile_ptx_with(
+        &self,
+        source: &str,
+        name: &str,
+        arch: u32,
+        include_dirs: &[PathBuf],
+        extra_options: &[&str],
+    ) -> Result<CompiledPtx, NvrtcError> {
         if !self.supports(arch) {
             return Err(NvrtcError::Unsupported {
                 arch,
@@ -123,6 +137,7 @@ impl Nvrtc {
         }
         let mut options = vec![format!("--gpu-architecture=compute_{arch}")];
         options.extend(include_dirs.iter().map(|d| format!("--include-path={}", d.display())));
+        options.extend(extra_options.iter().map(|o| o.to_string()));
         let c_source = CString::new(source).map_err(|_| NvrtcError::Nul { name: name.into() })?;
         let c_name = CString::new(name).map_err(|_| NvrtcError::Nul { name: name.into() })?;
         // Declared after the strings it may point into, so dropped before them.
@@ -147,15 +162,16 @@ impl Nvrtc {
     }
 }
 
-/// The include directory named by [`INCLUDE_ENV`], if set and a directory
-/// holding `cuda_fp16.h`.
-pub fn include_dir_from_env() -> Result<PathBuf, String> {
-    let dir = std::env::var_os(INCLUDE_ENV).ok_or_else(|| format!("{INCLUDE_ENV} is not set"))?;
-    let dir = PathBuf::from(dir);
-    if dir.join("cuda_fp16.h").is_file() {
-        Ok(dir)
-    } else {
-        Err(format!("{INCLUDE_ENV}={} holds no cuda_fp16.h", dir.display()))
+/// The include directories named by [`INCLUDE_ENV`], if set and the first
+/// holds `cuda_fp16.h`.
+pub fn include_dirs_from_env() -> Result<Vec<PathBuf>, String> {
+    let list = std::env::var_os(INCLUDE_ENV).ok_or_else(|| format!("{INCLUDE_ENV} is not set"))?;
+    let dirs: Vec<PathBuf> = std::env::split_paths(&list).collect();
+    match dirs.first() {
+        Some(first) if first.join("cuda_fp16.h").is_file() => Ok(dirs),
+        _ => {
+            Err(format!("{INCLUDE_ENV}={} has no cuda_fp16.h in its first directory", list.to_string_lossy()))
+        }
     }
 }
 
@@ -165,7 +181,7 @@ pub fn include_dir_from_env() -> Result<PathBuf, String> {
 /// where it has one (CUDA 13 moved the C++ library there).
 pub fn include_dirs() -> Result<Vec<PathBuf>, String> {
     if std::env::var_os(INCLUDE_ENV).is_some() {
-        return include_dir_from_env().map(|d| vec![d]);
+        return include_dirs_from_env();
     }
     let roots = ["CUDA_HOME", "CUDA_PATH"].iter().filter_map(std::env::var_os).map(PathBuf::from);
     let mut tried = Vec::new();

@@ -321,6 +321,39 @@ mod tests {
         assert_eq!(op_names(&m), ["Source", "Ggem"]);
     }
 
+    /// tract-cuda compiles its CUDA sources with NVRTC when a context is
+    /// created, on the device. Each one is compiled here instead, for Orin
+    /// (compute_87) and Hopper (compute_90), with the options tract-cuda
+    /// passes, so that a source the pinned NVRTC cannot compile for a board
+    /// fails CI and not the device. Needs what `tools/test.sh` installs
+    /// (NVRTC, the CUDA runtime and CCCL headers), no GPU.
+    #[test]
+    fn tract_cuda_kernels_compile_for_orin_and_hopper() {
+        use tract_cuda::kernels::{LibraryName, COMMON_H};
+        let setup = "run tools/test.sh, which installs NVRTC and the CUDA headers into .venv-cuda/";
+        let nvrtc = Nvrtc::load().unwrap_or_else(|e| panic!("cannot load NVRTC: {e}; {setup}"));
+        let mut includes = edgevit_kernels::nvrtc::include_dirs_from_env()
+            .unwrap_or_else(|e| panic!("no CUDA headers: {e}; {setup}"));
+        let common = tempfile::tempdir().unwrap();
+        std::fs::write(common.path().join("common.cuh"), COMMON_H).unwrap();
+        includes.push(common.path().to_path_buf());
+        let libraries: Vec<LibraryName> =
+            LibraryName::EAGER.into_iter().chain([LibraryName::GdnRecurrent]).collect();
+        let mut failures = Vec::new();
+        for lib in &libraries {
+            for arch in [87, 90] {
+                let name = format!("{lib:?}.cu");
+                match nvrtc.compile_ptx_with(lib.content(), &name, arch, &includes, &["--std=c++17"]) {
+                    Ok(ptx) if ptx.ptx.contains(".entry") => {}
+                    Ok(_) => failures.push(format!("{name} for compute_{arch}: PTX has no kernel")),
+                    Err(e) => failures.push(e.to_string()),
+                }
+            }
+        }
+        assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+        assert_eq!(libraries.len(), 11, "tract-cuda's libraries changed: check the list");
+    }
+
     #[test]
     fn groups_must_divide_the_channels() {
         let op = Ggem { groups: 4, ..ggem() };

@@ -62,8 +62,9 @@ pub struct BuildSummary {
     pub arch: &'static str,
     pub glibc_needed: Option<String>,
     pub cross_build: Duration,
-    /// `sm_87` and the PTX files written for it, when the board has the GPU path.
-    pub kernels: Option<(String, Vec<String>)>,
+    /// `sm_87`, the virtual architecture of its PTX (`compute_87`) and the
+    /// PTX files written for it, when the board has the GPU path.
+    pub kernels: Option<(String, String, Vec<String>)>,
     pub nvrtc: Option<(i32, i32)>,
     pub pack: PackSummary,
 }
@@ -82,9 +83,9 @@ impl fmt::Display for BuildSummary {
         let needed = self.glibc_needed.as_deref().map_or("none".to_string(), |v| format!("GLIBC_{v}"));
         writeln!(f, "  glibc    needs {needed} at most; floor {}", b.glibc)?;
         match (&self.kernels, self.nvrtc) {
-            (Some((arch, files)), Some((major, minor))) => writeln!(
+            (Some((arch, target, files)), Some((major, minor))) => writeln!(
                 f,
-                "  kernels  usr/lib/edgevit/kernels/{arch}/: {} (NVRTC {major}.{minor})",
+                "  kernels  usr/lib/edgevit/kernels/{arch}/: {} ({target} PTX, NVRTC {major}.{minor})",
                 files.join(", ")
             )?,
             _ => writeln!(f, "  kernels  none (the board runs on the CPU)")?,
@@ -184,7 +185,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildSummary> {
         glibc_needed: binary.needs.newest().map(ToString::to_string),
         cross_build: binary.took,
         nvrtc: kernels.as_ref().map(|k| k.nvrtc),
-        kernels: kernels.map(|k| (k.arch, k.files.into_keys().collect())),
+        kernels: kernels.map(|k| (k.arch, k.target, k.files.into_keys().collect())),
         board,
         pack,
     })
@@ -251,8 +252,22 @@ fn trusted_keys(
 /// NVRTC version that made them.
 struct Kernels {
     arch: String,
+    /// The virtual architecture the PTX is for (see [`ptx_target`]).
+    target: String,
     files: BTreeMap<String, String>,
     nvrtc: (i32, i32),
+}
+
+/// The virtual architecture to compile a board's PTX for: its own where
+/// this NVRTC knows it, else the newest of the shipped boards' below it,
+/// which the board's driver JIT-compiles upward at first load (Thor, sm_110,
+/// under CUDA 12.9's NVRTC, which names it compute_101 at most: compute_90,
+/// the Hopper PTX the check machine also runs).
+pub fn ptx_target(nvrtc: &Nvrtc, arch: u32) -> Option<u32> {
+    if nvrtc.supports(arch) {
+        return Some(arch);
+    }
+    nvrtc::BOARD_ARCHS.into_iter().filter(|&a| a < arch && nvrtc.supports(a)).max()
 }
 
 /// Compiles every CUDA source for the board's architecture, or nothing for
@@ -261,15 +276,21 @@ fn prebuild_ptx(board: &Board) -> Result<Option<Kernels>> {
     let Some(arch) = board.cuda_arch.filter(|_| board.gpu_path()) else { return Ok(None) };
     let why = || format!("board {} runs CUDA kernels (sm_{arch}) and needs their PTX", board.name);
     let compiler = Nvrtc::load().with_context(why)?;
-    let include = nvrtc::include_dir_from_env().map_err(anyhow::Error::msg).with_context(why)?;
+    let (major, minor) = compiler.version();
+    let target = ptx_target(&compiler, arch)
+        .with_context(|| {
+            format!("NVRTC {major}.{minor} compiles for none of {:?}", compiler.supported_archs())
+        })
+        .with_context(why)?;
+    let include = nvrtc::include_dirs_from_env().map_err(anyhow::Error::msg).with_context(why)?;
     let progress = ProgressBar::new(edgevit_kernels::SOURCES.len() as u64);
     progress.set_style(
         ProgressStyle::with_template("{bar:20} {pos}/{len} {wide_msg}").expect("a valid template"),
     );
     let mut files = BTreeMap::new();
     for (name, source) in edgevit_kernels::SOURCES {
-        progress.set_message(format!("PTX: {name} for compute_{arch}"));
-        let compiled = compiler.compile_ptx(source, name, arch, std::slice::from_ref(&include));
+        progress.set_message(format!("PTX: {name} for compute_{target}"));
+        let compiled = compiler.compile_ptx(source, name, target, &include);
         let compiled = match compiled {
             Ok(c) => c,
             Err(e) => {
@@ -282,5 +303,10 @@ fn prebuild_ptx(board: &Board) -> Result<Option<Kernels>> {
         progress.inc(1);
     }
     progress.finish_and_clear();
-    Ok(Some(Kernels { arch: format!("sm_{arch}"), files, nvrtc: compiler.version() }))
+    Ok(Some(Kernels {
+        arch: format!("sm_{arch}"),
+        target: format!("compute_{target}"),
+        files,
+        nvrtc: compiler.version(),
+    }))
 }
