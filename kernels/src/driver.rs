@@ -2,8 +2,9 @@
 //!
 //! cudarc loads `libcuda` on first use and panics when it is absent, so
 //! [`probe`] looks for the library first and reports why CUDA is unavailable
-//! as an error instead. [`missing_runtime_library`] looks for the other
-//! libraries tract's CUDA runtime loads the same way. Nothing here creates a
+//! as an error instead. [`probe_runtime_libraries`] looks for the other
+//! libraries tract's CUDA runtime loads by the names its bindings try, and
+//! says when only a CUDA 13 version of one is there. Nothing here creates a
 //! context or allocates on a GPU.
 
 use std::ffi::c_int;
@@ -84,30 +85,120 @@ pub fn probe() -> Result<Driver, DriverError> {
     Ok(Driver { cuda: (version / 1000, version % 1000 / 10), devices })
 }
 
-/// A dlopen probe of one library's candidate names.
-type Probe = unsafe fn() -> bool;
-
 /// The CUDA libraries tract's CUDA runtime loads besides the driver, as
-/// `(name, probe)`.
-const RUNTIME_LIBRARIES: [(&str, Probe); 4] = [
-    ("libcudart (the CUDA runtime)", cudarc::runtime::sys::is_culib_present),
-    ("libnvrtc", cudarc::nvrtc::sys::is_culib_present),
-    ("libcublas", cudarc::cublas::sys::is_culib_present),
-    ("libcudnn", cudarc::cudnn::sys::is_culib_present),
-];
+/// `(what, file stem)`.
+const RUNTIME_LIBRARIES: [(&str, &str); 4] =
+    [("cudart", "cudart"), ("NVRTC", "nvrtc"), ("cuBLAS", "cublas"), ("cuDNN", "cudnn")];
+
+/// Sonames of CUDA 13 that the loader of tract-cuda's CUDA 12.2 bindings
+/// does not try (cuDNN 9 serves both and is among its names).
+const CUDA13_STEMS: [&str; 3] = ["cudart", "nvrtc", "cublas"];
+
+/// How one library tract's CUDA runtime needs was looked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibraryProbe {
+    /// `cuBLAS`, `cuDNN`, ...
+    pub what: &'static str,
+    /// The names tried, in order (cudarc's, for this CUDA API version).
+    pub tried: Vec<String>,
+    /// The name that loaded, if one did.
+    pub found: Option<String>,
+    /// A CUDA 13 soname present on this machine when none of `tried` is:
+    /// the library is there, but in a version these bindings do not load.
+    pub cuda13: Option<String>,
+}
+
+impl LibraryProbe {
+    /// One line for `doctor`: what loaded, or what was tried and why it
+    /// does not do.
+    pub fn summary(&self) -> String {
+        match (&self.found, &self.cuda13) {
+            (Some(name), _) => format!("{} {name}", self.what),
+            (None, Some(newer)) => format!(
+                "{} only as {newer} (CUDA 13), which tract-cuda's CUDA 12.2 bindings do not load; \
+                 install its CUDA 12 library or put an unversioned lib{}.so on the loader's path",
+                self.what,
+                self.stem()
+            ),
+            (None, None) => format!("{} not found (tried {})", self.what, self.tried.join(", ")),
+        }
+    }
+
+    fn stem(&self) -> &'static str {
+        RUNTIME_LIBRARIES.iter().find(|(what, _)| *what == self.what).map_or("", |(_, stem)| stem)
+    }
+}
+
+/// Whether `name` loads through the dynamic loader's search (the library is
+/// unloaded again right after).
+fn loads(name: &str) -> bool {
+    let Ok(c_name) = std::ffi::CString::new(name) else { return false };
+    // SAFETY: c_name is a valid C string; loading a CUDA library runs its
+    // initializers, which have no preconditions; nothing from it is called.
+    let handle = unsafe { libc::dlopen(c_name.as_ptr(), libc::RTLD_LAZY | libc::RTLD_LOCAL) };
+    if handle.is_null() {
+        return false;
+    }
+    // SAFETY: handle came from a successful dlopen and is closed once.
+    unsafe { libc::dlclose(handle) };
+    true
+}
+
+/// Looks for each library tract's CUDA runtime loads, by the names its
+/// bindings try, and for CUDA 13's sonames where none of those loads.
+pub fn probe_runtime_libraries() -> Vec<LibraryProbe> {
+    RUNTIME_LIBRARIES
+        .iter()
+        .map(|&(what, stem)| {
+            let tried: Vec<String> =
+                cudarc::get_lib_name_candidates(stem).into_iter().filter(|n| n.contains(".so")).collect();
+            let found = tried.iter().find(|n| loads(n)).cloned();
+            let cuda13 = found
+                .is_none()
+                .then(|| format!("lib{stem}.so.13"))
+                .filter(|n| CUDA13_STEMS.contains(&stem) && loads(n));
+            LibraryProbe { what, tried, found, cuda13 }
+        })
+        .collect()
+}
 
 /// The first library tract's CUDA runtime needs that does not load here,
-/// or `None` when all do.
-pub fn missing_runtime_library() -> Option<&'static str> {
-    RUNTIME_LIBRARIES.iter().find_map(|&(name, present)| {
-        // SAFETY: a dlopen probe of the candidate names; nothing is called.
-        (!unsafe { present() }).then_some(name)
-    })
+/// said as [`LibraryProbe::summary`], or `None` when all do.
+pub fn missing_runtime_library() -> Option<String> {
+    probe_runtime_libraries().into_iter().find(|p| p.found.is_none()).map(|p| p.summary())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn library_probes_name_what_they_tried() {
+        let probes = probe_runtime_libraries();
+        assert_eq!(probes.iter().map(|p| p.what).collect::<Vec<_>>(), ["cudart", "NVRTC", "cuBLAS", "cuDNN"]);
+        for p in &probes {
+            let stem = p.stem();
+            assert!(
+                p.tried.contains(&format!("lib{stem}.so")) && p.tried.contains(&format!("lib{stem}.so.12"))
+            );
+            match &p.found {
+                Some(name) => assert!(p.tried.contains(name) && p.summary().ends_with(name.as_str())),
+                None => assert!(p.summary().contains(&format!("lib{stem}.so.12")), "{}", p.summary()),
+            }
+        }
+        let only_13 = LibraryProbe {
+            what: "cuBLAS",
+            tried: vec!["libcublas.so.12".into()],
+            found: None,
+            cuda13: Some("libcublas.so.13".into()),
+        };
+        assert!(
+            only_13.summary().starts_with("cuBLAS only as libcublas.so.13 (CUDA 13)"),
+            "{}",
+            only_13.summary()
+        );
+        assert!(only_13.summary().contains("unversioned libcublas.so"), "{}", only_13.summary());
+    }
 
     /// Without a driver the probe says so; with one it describes a device.
     /// Either way it returns instead of panicking.

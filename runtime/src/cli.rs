@@ -797,11 +797,9 @@ fn doctor(args: &BoardArgs) -> Result<()> {
             writeln!(out, "board     none (pass --board or --board-file, or install {DEVICE_BOARD_FILE})")?
         }
     }
-    let libraries = match edgevit_kernels::missing_runtime_library() {
-        None => "cudart, NVRTC, cuBLAS and cuDNN load".to_string(),
-        Some(lib) => format!("{lib} not found"),
-    };
-    writeln!(out, "libraries {libraries}")?;
+    for library in edgevit_kernels::driver::probe_runtime_libraries() {
+        writeln!(out, "library   {}", library.summary())?;
+    }
     let store = edgevit_kernels::KernelStore::from_env();
     let cache = store.cache.as_ref().map_or("none (no HOME)".into(), |c| c.display().to_string());
     writeln!(out, "kernels   prebuilt {}, cache {cache}", store.prebuilt.display())?;

@@ -84,7 +84,6 @@ pub fn why_not_cuda(board: Option<&Board>) -> Option<String> {
         ));
     }
     edgevit_kernels::missing_runtime_library()
-        .map(|lib| format!("{lib} not found (tract's CUDA runtime loads it)"))
 }
 
 /// The backend that runs `choice` here. `auto` takes CUDA when it can run
