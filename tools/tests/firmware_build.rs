@@ -177,6 +177,22 @@ fn issue_16_no_crate_builds_against_system_headers_or_libraries() {
     }
 }
 
+/// Thor (sm_110) under the pinned CUDA 12.9 NVRTC, which knows it only by
+/// an older number: its image carries compute_90 PTX, which Thor's CUDA 13
+/// driver JIT-compiles at first load, in the directory the device looks in.
+#[test]
+fn thor_image_carries_hopper_ptx_for_its_driver_to_jit() {
+    let (image, summary) =
+        build("jetson-thor", &Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware/thor"));
+    assert!(
+        summary.contains("kernels  usr/lib/edgevit/kernels/sm_110/: ggem.ptx (compute_90 PTX"),
+        "{summary}"
+    );
+    let thor = contents(&image);
+    let ptx = String::from_utf8(thor.files["usr/lib/edgevit/kernels/sm_110/ggem.ptx"].clone()).unwrap();
+    assert!(ptx.lines().any(|l| l.trim() == ".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
+}
+
 /// Issue 16: the crash-injection hook of the update tests stays out of
 /// what ships.
 #[test]
