@@ -18,6 +18,9 @@
 #    CPU. A few minutes; most important first, and a failed step does not
 #    stop the rest. Both halves are bounded so that one call ends within 8
 #    minutes.
+# 3. One table (tools/gpu/summary.py) of the goals and what was measured
+#    for each: GGeM GB/s against a copy and against PyTorch, ViT-Ti latency
+#    against PyTorch, top-1 and accuracy against the CPU.
 #
 #   tools/gpu-check.sh [ggem_check.py options]    # e.g. --compiler nvrtc
 #
@@ -72,5 +75,8 @@ case $engine in
   *) echo "tools/gpu-check.sh: engine checks failed (exit $engine); log in $out/engine_check.log" >&2 ;;
 esac
 [ $status = 0 ] && [ $engine != 3 ] && status=$engine
+# One table of every goal, from what both halves wrote (a goal whose step
+# failed reads "not measured").
+"$python" tools/gpu/summary.py "$out" | tee "$out/summary.md" || true
 [ $status = 0 ] && echo "tools/gpu-check.sh: results in $out/"
 exit $status
