@@ -20,7 +20,7 @@ pub fn open_regular(path: &Path, what: &str) -> Result<(File, u64)> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)
-        .with_context(|| format!("{what} {}: cannot open", path.display()))?;
+        .with_context(|| format!("{what} {}: cannot read", path.display()))?;
     let meta = file.metadata().with_context(|| format!("{what} {}: cannot read", path.display()))?;
     let kind = meta.file_type();
     let kind = if kind.is_file() {

@@ -280,7 +280,7 @@ fn issue_16_endless_and_special_files_are_refused() {
         (&fifo, Via::Eval, "expected a regular file but it is a FIFO"),
         (&folder, Via::Classify, "expected a regular file but it is a directory"),
         (&folder, Via::Run, "expected .png, .jpg or .jpeg files but the directory has none"),
-        (&folder, Via::BundleVerify, "manifest.toml: cannot open"),
+        (&folder, Via::BundleVerify, "manifest.toml: cannot read"),
         (&folder, Via::Eval, "expected a regular file but it is a directory"),
         (&big, Via::Classify, "expected at most 134217728 bytes but it has 2147483648"),
         (&big, Via::Run, "expected at most 134217728 bytes but it has 2147483648"),
