@@ -2,7 +2,7 @@
 //! and reads of the paths users name that refuse what is not a bounded
 //! regular file.
 
-use std::fs::{File, OpenOptions};
+use std::fs::{File, FileType, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::Path;
@@ -22,11 +22,20 @@ pub fn open_regular(path: &Path, what: &str) -> Result<(File, u64)> {
         .open(path)
         .with_context(|| format!("{what} {}: cannot read", path.display()))?;
     let meta = file.metadata().with_context(|| format!("{what} {}: cannot read", path.display()))?;
-    let kind = meta.file_type();
-    let kind = if kind.is_file() {
+    if meta.is_file() {
         return Ok((file, meta.len()));
+    }
+    bail!("{what} {}: expected a regular file but it is {}", path.display(), kind_name(meta.file_type()))
+}
+
+/// What a file type is, as an error message says it: `a FIFO`, `a directory`.
+pub fn kind_name(kind: FileType) -> &'static str {
+    if kind.is_file() {
+        "a regular file"
     } else if kind.is_dir() {
         "a directory"
+    } else if kind.is_symlink() {
+        "a symlink"
     } else if kind.is_char_device() {
         "a character device"
     } else if kind.is_block_device() {
@@ -36,9 +45,8 @@ pub fn open_regular(path: &Path, what: &str) -> Result<(File, u64)> {
     } else if kind.is_socket() {
         "a socket"
     } else {
-        "not a file"
-    };
-    bail!("{what} {}: expected a regular file but it is {kind}", path.display())
+        "of an unknown type"
+    }
 }
 
 /// Reads the regular file `path` whole if it has at most `cap` bytes; see

@@ -30,4 +30,5 @@ mod watchdog;
 pub use bundle::{Bundle, SignaturePolicy};
 pub use embedded::default_bundle;
 pub use engine::{Backend, Engine, EngineOptions};
+pub use fsutil::kind_name;
 pub use manifest::Manifest;

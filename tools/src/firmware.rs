@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -330,17 +330,7 @@ fn walk(dir: &Path, rel: &str, nodes: &mut BTreeMap<String, Node>) -> Result<()>
             };
             nodes.insert(path, Node::Symlink { target: target.to_string() });
         } else {
-            let what = if kind.is_fifo() {
-                "a FIFO"
-            } else if kind.is_socket() {
-                "a socket"
-            } else if kind.is_block_device() {
-                "a block device"
-            } else if kind.is_char_device() {
-                "a character device"
-            } else {
-                "of an unknown type"
-            };
+            let what = edgevit::kind_name(kind);
             bail!("{path}: expected a regular file, directory or symlink but it is {what}");
         }
     }
