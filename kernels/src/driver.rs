@@ -99,6 +99,8 @@ const CUDA13_STEMS: [&str; 3] = ["cudart", "nvrtc", "cublas"];
 pub struct LibraryProbe {
     /// `cuBLAS`, `cuDNN`, ...
     pub what: &'static str,
+    /// The file name's stem: `cublas` for `libcublas.so.12`.
+    pub stem: &'static str,
     /// The names tried, in order (cudarc's, for this CUDA API version).
     pub tried: Vec<String>,
     /// The name that loaded, if one did.
@@ -117,15 +119,10 @@ impl LibraryProbe {
             (None, Some(newer)) => format!(
                 "{} only as {newer} (CUDA 13), which tract-cuda's CUDA 12.2 bindings do not load; \
                  install its CUDA 12 library or put an unversioned lib{}.so on the loader's path",
-                self.what,
-                self.stem()
+                self.what, self.stem
             ),
             (None, None) => format!("{} not found (tried {})", self.what, self.tried.join(", ")),
         }
-    }
-
-    fn stem(&self) -> &'static str {
-        RUNTIME_LIBRARIES.iter().find(|(what, _)| *what == self.what).map_or("", |(_, stem)| stem)
     }
 }
 
@@ -157,7 +154,7 @@ pub fn probe_runtime_libraries() -> Vec<LibraryProbe> {
                 .is_none()
                 .then(|| format!("lib{stem}.so.13"))
                 .filter(|n| CUDA13_STEMS.contains(&stem) && loads(n));
-            LibraryProbe { what, tried, found, cuda13 }
+            LibraryProbe { what, stem, tried, found, cuda13 }
         })
         .collect()
 }
@@ -177,7 +174,7 @@ mod tests {
         let probes = probe_runtime_libraries();
         assert_eq!(probes.iter().map(|p| p.what).collect::<Vec<_>>(), ["cudart", "NVRTC", "cuBLAS", "cuDNN"]);
         for p in &probes {
-            let stem = p.stem();
+            let stem = p.stem;
             assert!(
                 p.tried.contains(&format!("lib{stem}.so")) && p.tried.contains(&format!("lib{stem}.so.12"))
             );
@@ -188,6 +185,7 @@ mod tests {
         }
         let only_13 = LibraryProbe {
             what: "cuBLAS",
+            stem: "cublas",
             tried: vec!["libcublas.so.12".into()],
             found: None,
             cuda13: Some("libcublas.so.13".into()),
