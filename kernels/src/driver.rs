@@ -147,8 +147,12 @@ pub fn probe_runtime_libraries() -> Vec<LibraryProbe> {
     RUNTIME_LIBRARIES
         .iter()
         .map(|&(what, stem)| {
-            let tried: Vec<String> =
-                cudarc::get_lib_name_candidates(stem).into_iter().filter(|n| n.contains(".so")).collect();
+            let mut tried: Vec<String> = Vec::new();
+            for name in cudarc::get_lib_name_candidates(stem) {
+                if !tried.contains(&name) {
+                    tried.push(name);
+                }
+            }
             let found = tried.iter().find(|n| loads(n)).cloned();
             let cuda13 = found
                 .is_none()
