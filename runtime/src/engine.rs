@@ -11,6 +11,7 @@
 use std::cell::Cell;
 use std::fmt;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Once};
 
 use anyhow::{bail, Context, Result};
@@ -189,6 +190,8 @@ pub struct Engine {
     /// The matrix products' weights are Q4_0 blocks.
     pub block_quant: bool,
     state: Box<dyn State>,
+    /// The CPU threads' pool, which the whole plan runs on ([`on_pool`]).
+    executor: Executor,
     input: Arc<Tensor>,
     logits: Vec<f32>,
 }
@@ -282,6 +285,36 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
+/// Runs `f` on one of the pool's threads when there is a pool, else here.
+/// tract hands each matrix product to the pool from the thread that runs
+/// the plan; from outside the pool that thread queues the job and sleeps on
+/// it, and the pool's threads wake and park around every product. Run from
+/// inside, the plan's thread takes its share of each product and the
+/// threads stay warm between them: at batch 1 on 2 cores this took the
+/// 2-thread p50 from above the 1-thread one to below it
+/// (doc/performance.md).
+/// A panic of the plan's thread stays an error there, as under
+/// [`without_panics`] on the caller.
+fn on_pool<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
+    /// Puts the pool thread's panic setting back, even when `f` panics.
+    struct Restore(bool);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PANICS_ARE_ERRORS.with(|p| p.set(self.0));
+        }
+    }
+    match executor {
+        Executor::MultiThread(pool) => {
+            let quiet = PANICS_ARE_ERRORS.with(Cell::get);
+            pool.install(|| {
+                let _restore = Restore(PANICS_ARE_ERRORS.with(|p| p.replace(quiet)));
+                f()
+            })
+        }
+        _ => f(),
+    }
+}
+
 /// The message a panic was raised with.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     payload
@@ -334,7 +367,7 @@ impl Engine {
         let threads = options.thread_count();
         let m = &bundle.manifest;
         let spec = m.input.clone();
-        let runnable = without_panics("loading the model", || -> Result<Box<dyn Runnable>> {
+        let (runnable, executor) = without_panics("loading the model", || {
             // The input is pinned below, so the intermediate shapes that ONNX
             // shape inference writes into value_info, with the batch as a
             // named symbol (`batch_size`), would only contradict it.
@@ -378,13 +411,13 @@ impl Engine {
                 typed = to_half(typed).map_err(|e| anyhow::anyhow!("cannot convert the model to f16: {e:#}"))?;
             }
             // A thread pool that cannot start panics; here that is an error.
-            let run_options = RunOptions {
-                executor: (threads > 1).then(|| Executor::multithread(threads)),
-                ..RunOptions::default()
-            };
-            backend
+            let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+            let run_options =
+                RunOptions { executor: (threads > 1).then(|| executor.clone()), ..RunOptions::default() };
+            let runnable = backend
                 .prepare(typed, &run_options)
-                .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))
+                .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))?;
+            Ok((runnable, executor))
         })
         .with_context(context)?;
         let state = without_panics("starting the model", || runnable.spawn()).with_context(context)?;
@@ -402,6 +435,7 @@ impl Engine {
             half,
             block_quant,
             state,
+            executor,
             input,
             logits: vec![0.0; batch * m.model.classes],
         })
@@ -432,18 +466,22 @@ impl Engine {
     /// node that raised it (on the CPU plan, which runs node by node here).
     pub fn run(&mut self) -> Result<&[f32]> {
         let inputs = tvec![TValue::from_const(self.input.clone())];
-        let current = Cell::new(None);
+        // The node being evaluated, for the message if it panics.
+        let current = AtomicUsize::new(usize::MAX);
         let state = &mut self.state;
         let outputs =
             without_panics("running the model", || match state.downcast_mut::<TypedSimpleState>() {
-                Some(plan) => plan.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
-                    current.set(Some(node.id));
-                    tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+                Some(plan) => on_pool(&self.executor, || {
+                    plan.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
+                        current.store(node.id, Ordering::Relaxed);
+                        tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
+                    })
                 }),
                 None => state.run(inputs),
             });
         let outputs = outputs.with_context(|| {
-            let node = current.get().zip(self.state.downcast_ref::<TypedSimpleState>()).map(|(id, plan)| {
+            let id = Some(current.load(Ordering::Relaxed)).filter(|&id| id != usize::MAX);
+            let node = id.zip(self.state.downcast_ref::<TypedSimpleState>()).map(|(id, plan)| {
                 let node = plan.model().node(id);
                 format!(" at node {} ({})", node.name, node.op().name())
             });
@@ -464,17 +502,19 @@ impl Engine {
             .with_context(|| format!("backend {} cannot time its ops one by one", self.backend))?;
         let mut by_op = std::collections::BTreeMap::<String, (std::time::Duration, usize)>::new();
         for _ in 0..iterations {
-            state.run_plan_with_eval(
-                tvec![TValue::from_const(self.input.clone())],
-                |ctx, op_state, node, inputs| {
-                    let start = std::time::Instant::now();
-                    let outputs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
-                    let entry = by_op.entry(node.op().name().into_owned()).or_default();
-                    entry.0 += start.elapsed();
-                    entry.1 += 1;
-                    outputs
-                },
-            )?;
+            on_pool(&self.executor, || {
+                state.run_plan_with_eval(
+                    tvec![TValue::from_const(self.input.clone())],
+                    |ctx, op_state, node, inputs| {
+                        let start = std::time::Instant::now();
+                        let outputs = tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs);
+                        let entry = by_op.entry(node.op().name().into_owned()).or_default();
+                        entry.0 += start.elapsed();
+                        entry.1 += 1;
+                        outputs
+                    },
+                )
+            })?;
         }
         let runs = iterations.max(1);
         let mut ops: Vec<OpTime> = by_op
