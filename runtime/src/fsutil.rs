@@ -11,10 +11,10 @@ use anyhow::{bail, Context, Result};
 
 /// Opens `path` for reading if it is a regular file, and returns it with its
 /// length. Directories, character and block devices (`/dev/zero`), FIFOs and
-/// sockets are refused: they never end, block, or are not data. Errors name
-/// the file as `{what} {path}`. The open is
+/// sockets are refused: they never end, block, or are not data. The open is
 /// non-blocking, so a FIFO cannot hang it, and the type is taken from the
-/// opened file, so a path swapped after a check cannot slip through.
+/// opened file, so a path swapped after a check cannot slip through. Errors
+/// name the file as `{what} {path}`.
 pub fn open_regular(path: &Path, what: &str) -> Result<(File, u64)> {
     let file = OpenOptions::new()
         .read(true)
