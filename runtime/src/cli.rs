@@ -9,12 +9,13 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::backend::{select_backend, Backend};
 use crate::board::{BackendChoice, Board, BoardArgs, DEVICE_BOARD_FILE};
 use crate::bundle::{Bundle, SignaturePolicy};
 use crate::create::{create, CreateOptions};
 use crate::display::DisplayArgs;
 use crate::embedded;
-use crate::engine::{select_backend, Backend, Engine, EngineOptions};
+use crate::engine::{Engine, EngineOptions};
 use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
@@ -803,7 +804,7 @@ fn doctor(args: &BoardArgs) -> Result<()> {
     let store = edgevit_kernels::KernelStore::from_env();
     let cache = store.cache.as_ref().map_or("none (no HOME)".into(), |c| c.display().to_string());
     writeln!(out, "kernels   prebuilt {}, cache {cache}", store.prebuilt.display())?;
-    match crate::engine::why_not_cuda(board.as_ref()) {
+    match crate::backend::why_not_cuda(board.as_ref()) {
         None => writeln!(out, "auto      cuda")?,
         Some(why) => writeln!(out, "auto      cpu: {why}")?,
     }

@@ -4,12 +4,12 @@
 //! the model input, [`engine`] runs a [`bundle`]'s model through tract,
 //! [`postprocess`] ranks the classes. [`cli`] wires them into verbs.
 
+pub mod backend;
 pub mod bench;
 pub mod board;
 pub mod bundle;
 pub mod cli;
 mod create;
-pub mod cuda;
 pub mod display;
 mod embedded;
 pub mod engine;
@@ -22,13 +22,13 @@ pub mod overlay;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
-pub mod softmax;
 pub mod source;
 pub mod update;
 mod watchdog;
 
+pub use backend::Backend;
 pub use bundle::{Bundle, SignaturePolicy};
 pub use embedded::default_bundle;
-pub use engine::{Backend, Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions};
 pub use fsutil::kind_name;
 pub use manifest::Manifest;

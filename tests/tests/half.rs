@@ -45,7 +45,7 @@ fn f16_agrees_with_f32_on_the_samples() {
 /// runs the same checks through the binary on machines without Rust).
 #[test]
 fn cuda_agrees_with_the_cpu_where_it_can_run() {
-    if let Some(why) = edgevit::engine::why_not_cuda(None) {
+    if let Some(why) = edgevit::backend::why_not_cuda(None) {
         eprintln!("skipped: CUDA cannot run here: {why}");
         return;
     }

@@ -23,7 +23,7 @@ const LANES: usize = 8;
 /// `|r| <= ln 2 / 2`, and `2^n` built in the exponent bits. Branch-free, so a
 /// loop over it vectorizes.
 #[inline(always)]
-fn exp_neg(x: f32) -> f32 {
+pub(crate) fn exp_neg(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;

@@ -64,7 +64,7 @@ pub fn prepare(mut model: TypedModel, options: &RunOptions) -> TractResult<Box<d
 fn start() -> TractResult<()> {
     tract_cuda::utils::ensure_cuda_runtime_dependencies("tract's CUDA runtime cannot start")?;
     std::panic::catch_unwind(|| tract_cuda::with_cuda_stream(|_| Ok(()))).map_err(|payload| {
-        anyhow::anyhow!("CUDA could not start: {}", crate::engine::panic_message(payload.as_ref()))
+        anyhow::anyhow!("CUDA could not start: {}", super::panic_message(payload.as_ref()))
     })?
 }
 

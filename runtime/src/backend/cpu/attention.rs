@@ -1,0 +1,463 @@
+//! Attention as one op: `softmax(Q K^T) V` for each head, the heads (and
+//! images) and blocks of query rows in parallel.
+//!
+//! Exporters write attention as two batched products around a softmax
+//! (`MatMul`, `Softmax`, `MatMul`), which tract plans as two products that
+//! run the heads one after another, each packing its operands first.
+//! [`Attention`] packs each head's `K^T` and `V` once into the panels of the
+//! [`linear`] kernels and then, for a block of query rows, computes the
+//! scores, their softmax and the product with `V` with the block's scores in
+//! cache. Q, K and V are read where they are, in whatever axis order the
+//! model left them (the slices of one qkv product, for a timm ViT): the op
+//! keeps each tensor's strides.
+//!
+//! [`replace`] finds the `EinSum`, `Softmax`, `EinSum` chain in a decluttered
+//! model. Whatever scaling the model applies to Q or K stays where it is.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
+
+use super::linear::{self, Activation, Kernel, PackedWeight};
+use super::softmax::softmax_rows;
+
+/// Query rows a task takes at a time: their scores (`ROW_BLOCK x N`) stay in
+/// L2 between the two products.
+const ROW_BLOCK: usize = 48;
+
+/// An axis of the product, with its stride (in values) in each tensor it
+/// appears in; 0 where it does not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Axis {
+    dim: usize,
+    q: usize,
+    k: usize,
+    v: usize,
+    out: usize,
+}
+
+/// The layout of one attention: `out[b, i, e] = sum_j softmax_j(sum_d q[b, i,
+/// d] k[b, j, d]) v[b, j, e]`, each index an [`Axis`].
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Layout {
+    /// Heads and images, in any number of axes.
+    batch: Vec<Axis>,
+    /// Query rows `i`.
+    rows: Axis,
+    /// Keys `j`.
+    keys: Axis,
+    /// The summed feature `d` of Q and K.
+    depth: Axis,
+    /// The feature `e` of V and of the output.
+    features: Axis,
+    out_shape: TVec<usize>,
+}
+
+impl Layout {
+    fn batch_count(&self) -> usize {
+        self.batch.iter().map(|a| a.dim).product()
+    }
+
+    /// The offsets of batch element `b` in q, k, v and out.
+    fn offsets(&self, mut b: usize) -> [usize; 4] {
+        let mut at = [0; 4];
+        for axis in self.batch.iter().rev() {
+            let i = b % axis.dim;
+            b /= axis.dim;
+            for (at, stride) in at.iter_mut().zip([axis.q, axis.k, axis.v, axis.out]) {
+                *at += i * stride;
+            }
+        }
+        at
+    }
+}
+
+/// Attention over Q, K and V (see the module's doc).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Attention {
+    layout: Arc<Layout>,
+    kernel: Kernel,
+}
+
+impl Attention {
+    /// Computes `out` (the output's values, laid out as `out_shape`).
+    fn compute(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], pool: Option<&rayon::ThreadPool>) {
+        let l = &*self.layout;
+        let (m, n, d, e) = (l.rows.dim, l.keys.dim, l.depth.dim, l.features.dim);
+        let heads = l.batch_count();
+        // Each head's K^T (d x n) and V (n x e), packed.
+        let pack = |b: usize| {
+            let [_, ko, vo, _] = l.offsets(b);
+            let kt = PackedWeight::from_fn(self.kernel, d, n, |p, j| k[ko + p * l.depth.k + j * l.keys.k]);
+            let vp = PackedWeight::from_fn(self.kernel, n, e, |p, j| v[vo + p * l.keys.v + j * l.features.v]);
+            (kt, vp)
+        };
+        let blocks = m.div_ceil(ROW_BLOCK);
+        let out_ptr = SharedOut(out.as_mut_ptr());
+        let task = |packed: &[(PackedWeight, PackedWeight)], t: usize| {
+            let (b, block) = (t / blocks, t % blocks);
+            let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(m);
+            let [qo, _, _, oo] = l.offsets(b);
+            let mut x = vec![0.0f32; rows.len() * d];
+            for (r, row) in rows.clone().zip(x.chunks_exact_mut(d)) {
+                for (p, x) in row.iter_mut().enumerate() {
+                    *x = q[qo + r * l.rows.q + p * l.depth.q];
+                }
+            }
+            let mut scores = vec![0.0f32; rows.len() * n];
+            linear::linear(&x, &packed[b].0, Activation::None, &mut scores, None);
+            softmax_rows(&mut scores, n);
+            let mut y = vec![0.0f32; rows.len() * e];
+            linear::linear(&scores, &packed[b].1, Activation::None, &mut y, None);
+            for (r, row) in rows.zip(y.chunks_exact(e)) {
+                for (f, &y) in row.iter().enumerate() {
+                    // SAFETY: batch element b, row r and feature f are this
+                    // task's alone (tasks split batch elements and rows), and
+                    // inside `out`, which the layout's strides address.
+                    unsafe { *out_ptr.at(oo + r * l.rows.out + f * l.features.out) = y };
+                }
+            }
+        };
+        match pool {
+            Some(pool) if pool.current_num_threads() > 1 => pool.install(|| {
+                let packed: Vec<_> = (0..heads).into_par_iter().map(pack).collect();
+                (0..heads * blocks).into_par_iter().for_each(|t| task(&packed, t));
+            }),
+            _ => {
+                let packed: Vec<_> = (0..heads).map(pack).collect();
+                (0..heads * blocks).for_each(|t| task(&packed, t));
+            }
+        }
+    }
+}
+
+/// The output's values, written by tasks at disjoint offsets.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+
+// SAFETY: tasks write disjoint elements (see `Attention::compute`).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` is inside the output and no other thread writes it.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: the caller's contract.
+        unsafe { self.0.add(i) }
+    }
+}
+
+impl Op for Attention {
+    fn name(&self) -> StaticName {
+        "Attention".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let l = &self.layout;
+        Ok(vec![format!(
+            "{} heads, {} x {} queries x keys, depth {}, kernel {}",
+            l.batch_count(),
+            l.rows.dim,
+            l.keys.dim,
+            l.depth.dim,
+            self.kernel.name()
+        )])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Attention {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (q, k, v) = args_3!(inputs);
+        let (q, k, v) = (q.try_as_plain_ram()?, k.try_as_plain_ram()?, v.try_as_plain_ram()?);
+        let mut out = Tensor::zero::<f32>(&self.layout.out_shape)?;
+        {
+            let mut plain = out.try_as_plain_ram_mut()?;
+            let pool = match current_tract_executor() {
+                Executor::MultiThread(pool) => Some(pool),
+                _ => None,
+            };
+            self.compute(
+                q.as_slice::<f32>()?,
+                k.as_slice::<f32>()?,
+                v.as_slice::<f32>()?,
+                plain.as_slice_mut::<f32>()?,
+                pool.as_deref(),
+            );
+        }
+        Ok(tvec!(out.into_tvalue()))
+    }
+}
+
+impl TypedOp for Attention {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs.iter().all(|f| f.datum_type == f32::datum_type()), "Attention takes f32");
+        Ok(tvec!(f32::fact(&*self.layout.out_shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let l = &self.layout;
+        let macs = l.batch_count() * l.rows.dim * l.keys.dim * (l.depth.dim + l.features.dim);
+        Ok(tvec!((Cost::FMA(f32::datum_type()), macs.to_dim())))
+    }
+
+    as_op!();
+}
+
+/// Row-major strides of `shape`.
+fn strides(shape: &[usize]) -> Vec<usize> {
+    let mut strides = vec![1; shape.len()];
+    for i in (0..shape.len().saturating_sub(1)).rev() {
+        strides[i] = strides[i + 1] * shape[i + 1];
+    }
+    strides
+}
+
+/// A batched product's axes by role: each axis of size > 1 as (its letter,
+/// its dim, its position in a, b and the output).
+struct Roles {
+    batch: Vec<(char, usize, [Option<usize>; 3])>,
+    rows: (usize, [Option<usize>; 3]),
+    cols: (usize, [Option<usize>; 3]),
+    sum: (usize, [Option<usize>; 3]),
+}
+
+/// The axes of an f32 two-input `EinSum` with concrete shapes, by role, when
+/// it has exactly one row, one column and one summed axis of size > 1.
+fn roles(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Roles, [Vec<usize>; 3])>> {
+    let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let facts =
+        [model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?, &node.outputs[0].fact];
+    if facts.iter().any(|f| f.datum_type != f32::datum_type() || !f.is_plain() || f.konst.is_some()) {
+        return Ok(None);
+    }
+    let mut shapes: [Vec<usize>; 3] = Default::default();
+    for (shape, fact) in shapes.iter_mut().zip(facts) {
+        let Some(s) = fact.shape.as_concrete() else { return Ok(None) };
+        *shape = s.to_vec();
+    }
+    let (inputs, outputs) = op.axes.to_strs();
+    let letters: [Vec<char>; 3] =
+        [inputs[0].chars().collect(), inputs[1].chars().collect(), outputs[0].chars().collect()];
+    if letters.iter().zip(&shapes).any(|(l, s)| l.len() != s.len()) {
+        return Ok(None);
+    }
+    let mut all: Vec<char> = letters.iter().flatten().copied().collect();
+    all.sort_unstable();
+    all.dedup();
+    let (mut batch, mut rows, mut cols, mut sum) = (vec![], vec![], vec![], vec![]);
+    for a in all {
+        let at: [Option<usize>; 3] = std::array::from_fn(|t| letters[t].iter().position(|&b| b == a));
+        let dim = (0..3).find_map(|t| at[t].map(|p| shapes[t][p])).unwrap_or(1);
+        if dim == 1 {
+            continue;
+        }
+        match at.map(|p| p.is_some()) {
+            [true, true, true] => batch.push((a, dim, at)),
+            [true, false, true] => rows.push((dim, at)),
+            [false, true, true] => cols.push((dim, at)),
+            [true, true, false] => sum.push((dim, at)),
+            _ => return Ok(None),
+        }
+    }
+    if rows.len() != 1 || cols.len() != 1 || sum.len() != 1 {
+        return Ok(None);
+    }
+    Ok(Some((Roles { batch, rows: rows[0], cols: cols[0], sum: sum[0] }, shapes)))
+}
+
+/// The only consumer of `node`'s output, when the output is not the model's.
+fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
+    let outlet = OutletId::new(node.id, 0);
+    let successors = model.outlet_successors(outlet);
+    (successors.len() == 1 && successors[0].slot == 0 && !model.outputs.contains(&outlet))
+        .then(|| model.node(successors[0].node))
+}
+
+/// The attention that starts at `scores` (the Q K^T product), when the
+/// chain is scores -> softmax over the keys -> product with V over the keys.
+fn attention_at(
+    model: &TypedModel,
+    scores: &TypedNode,
+    kernel: Kernel,
+) -> TractResult<Option<(Attention, [usize; 3])>> {
+    let Some((qk, qk_shapes)) = roles(model, scores)? else { return Ok(None) };
+    let Some(softmax) = sole_successor(model, scores) else { return Ok(None) };
+    let Some(op) = softmax.op_as::<Softmax>() else { return Ok(None) };
+    let keys_at = qk.cols.1[2].expect("a column axis is in the output");
+    if op.kind != SoftmaxKind::Softmax || op.quant_output_dt.is_some() || op.axes.as_slice() != [keys_at] {
+        return Ok(None);
+    }
+    let Some(pv_node) = sole_successor(model, softmax) else { return Ok(None) };
+    let Some((pv, pv_shapes)) = roles(model, pv_node)? else { return Ok(None) };
+    // The second product takes the probabilities as its first input, sums
+    // over the keys, keeps the query rows and the batch axes where the
+    // scores have them.
+    let rows_at = qk.rows.1[2].expect("a row axis is in the output");
+    if pv_node.inputs[0] != OutletId::new(softmax.id, 0)
+        || pv.sum.1[0] != Some(keys_at)
+        || pv.rows.1[0] != Some(rows_at)
+        || pv.batch.len() != qk.batch.len()
+    {
+        return Ok(None);
+    }
+    let [qs, ks, _] = qk_shapes.map(|s| strides(&s));
+    let [_, vs, os] = pv_shapes.clone().map(|s| strides(&s));
+    let stride = |strides: &[usize], at: Option<usize>| at.map_or(0, |p| strides[p]);
+    let mut batch = Vec::new();
+    for &(_, dim, at) in &qk.batch {
+        // The same batch axis of the scores in the second product.
+        let Some(&(_, pv_dim, pv_at)) = pv.batch.iter().find(|(_, _, b)| b[0] == at[2]) else {
+            return Ok(None);
+        };
+        if pv_dim != dim {
+            return Ok(None);
+        }
+        batch.push(Axis {
+            dim,
+            q: stride(&qs, at[0]),
+            k: stride(&ks, at[1]),
+            v: stride(&vs, pv_at[1]),
+            out: stride(&os, pv_at[2]),
+        });
+    }
+    let layout = Layout {
+        batch,
+        rows: Axis {
+            dim: qk.rows.0,
+            q: stride(&qs, qk.rows.1[0]),
+            k: 0,
+            v: 0,
+            out: stride(&os, pv.rows.1[2]),
+        },
+        keys: Axis {
+            dim: qk.cols.0,
+            q: 0,
+            k: stride(&ks, qk.cols.1[1]),
+            v: stride(&vs, pv.sum.1[1]),
+            out: 0,
+        },
+        depth: Axis { dim: qk.sum.0, q: stride(&qs, qk.sum.1[0]), k: stride(&ks, qk.sum.1[1]), v: 0, out: 0 },
+        features: Axis {
+            dim: pv.cols.0,
+            q: 0,
+            k: 0,
+            v: stride(&vs, pv.cols.1[1]),
+            out: stride(&os, pv.cols.1[2]),
+        },
+        out_shape: pv_shapes[2].iter().copied().collect(),
+    };
+    if layout.keys.dim != pv.sum.0 {
+        return Ok(None);
+    }
+    Ok(Some((Attention { layout: Arc::new(layout), kernel }, [scores.id, softmax.id, pv_node.id])))
+}
+
+/// Replaces each attention (see the module's doc) in a decluttered model by
+/// an [`Attention`] on `kernel`; returns how many.
+pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let Some((op, [scores, _, pv])) = attention_at(model, model.node(id), kernel)? else { continue };
+        let (q, k) = (model.node(scores).inputs[0], model.node(scores).inputs[1]);
+        let v = model.node(pv).inputs[1];
+        let mut patch = TypedModelPatch::default();
+        let inputs = [patch.tap_model(model, q)?, patch.tap_model(model, k)?, patch.tap_model(model, v)?];
+        let y = patch.wire_node(&model.node(pv).name, op, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(pv, 0), y)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgevit_kernels::testing::XorShift;
+
+    /// `softmax(q k^T) v` of one head in f64: q m x d, k n x d, v n x e.
+    fn reference(q: &[f32], k: &[f32], v: &[f32], m: usize, n: usize, d: usize, e: usize) -> Vec<f64> {
+        let mut out = vec![0.0; m * e];
+        for i in 0..m {
+            let s: Vec<f64> =
+                (0..n).map(|j| (0..d).map(|p| q[i * d + p] as f64 * k[j * d + p] as f64).sum()).collect();
+            let max = s.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b));
+            let w: Vec<f64> = s.iter().map(|s| (s - max).exp()).collect();
+            let total: f64 = w.iter().sum();
+            for f in 0..e {
+                out[i * e + f] = (0..n).map(|j| w[j] / total * v[j * e + f] as f64).sum();
+            }
+        }
+        out
+    }
+
+    /// A layout of `heads` heads of contiguous q (m x d), k (n x d), v
+    /// (n x e) and out (m x e), one after another.
+    fn contiguous(heads: usize, m: usize, n: usize, d: usize, e: usize) -> Layout {
+        Layout {
+            batch: vec![Axis { dim: heads, q: m * d, k: n * d, v: n * e, out: m * e }],
+            rows: Axis { dim: m, q: d, k: 0, v: 0, out: e },
+            keys: Axis { dim: n, q: 0, k: d, v: e, out: 0 },
+            depth: Axis { dim: d, q: 1, k: 1, v: 0, out: 0 },
+            features: Axis { dim: e, q: 0, k: 0, v: 1, out: 1 },
+            out_shape: tvec![heads, m, e],
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_per_head() {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        for kernel in Kernel::available() {
+            for (heads, m, n, d, e) in
+                [(1, 1, 1, 1, 1), (3, 197, 197, 64, 64), (2, 5, 9, 7, 3), (24, 50, 50, 16, 8)]
+            {
+                let mut rng = XorShift::new(3);
+                let mut draw =
+                    |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+                let (q, k, v) = (draw(heads * m * d), draw(heads * n * d), draw(heads * n * e));
+                let op = Attention { layout: Arc::new(contiguous(heads, m, n, d, e)), kernel };
+                for threads in [1, 2] {
+                    let mut out = vec![f32::NAN; heads * m * e];
+                    op.compute(&q, &k, &v, &mut out, (threads == 2).then_some(&pool));
+                    for h in 0..heads {
+                        let want = reference(
+                            &q[h * m * d..][..m * d],
+                            &k[h * n * d..][..n * d],
+                            &v[h * n * e..][..n * e],
+                            m,
+                            n,
+                            d,
+                            e,
+                        );
+                        for (i, (&got, want)) in out[h * m * e..][..m * e].iter().zip(want).enumerate() {
+                            // Weights sum to 1 and |v| < 1: the scores' f32 error
+                            // (d terms < 1) moves each weight by at most that, relative.
+                            let bound = 1e-5 + d as f64 * 2.4e-7;
+                            assert!(
+                                (got as f64 - want).abs() <= bound,
+                                "{} {heads}x{m}x{n}x{d}x{e} head {h} [{}, {}]: {got} vs {want}",
+                                kernel.name(),
+                                i / e,
+                                i % e
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,926 @@
+//! Products with a constant weight, `y = x W + b` and GELU where one follows,
+//! as one op of the CPU plan.
+//!
+//! tract packs both operands of every product at run time: the weight once,
+//! and the activations before each product, with a transpose that it
+//! vectorizes only on NEON (about a sixth of a ViT-Ti run on x86). [`Linear`]
+//! packs the weight once, when the model loads, into panels of `NR` columns
+//! (each `K` rows of `NR` values, the last panel zero-padded), and reads the
+//! activations in place: the micro-kernel broadcasts one value of each of
+//! `MR` rows and multiplies it into `NR` columns of the panel, so a tile of
+//! `MR x NR` sums stays in registers for the whole of `K`. The bias is the
+//! sums' starting value, and GELU is applied to each tile while it is still
+//! in L1. Tiles are split across the engine's threads along `N` (one image)
+//! and along rows (a batch).
+//!
+//! Kernels, chosen when the model loads by what the CPU has ([`Kernel`]):
+//! AVX-512F 12x32, AVX2 + FMA 6x16, NEON 8x12, and a portable 4x16 that the
+//! compiler vectorizes for whatever the target has. Every one sums each
+//! output in `K` order with fused multiply-adds (the portable one with
+//! separate ones), so they agree with [`reference`] to the rounding of an
+//! f32 dot product.
+//!
+//! [`replace`] swaps in a `Linear` for every f32 `EinSum` of the decluttered
+//! model that is a product of an activation with a constant: the patch
+//! embedding's reshaped products, qkv, proj, fc1, fc2 and the head, in any
+//! axis layout the exporter left, as long as the activation's rows are
+//! contiguous.
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use tract_linalg::multithread::{current_tract_executor, Executor};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
+use tract_onnx::tract_core::ops::math::Add;
+use tract_onnx::tract_core::ops::nn::GeluExact;
+
+use super::softmax::exp_neg;
+
+/// The micro-kernels, by instruction set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kernel {
+    /// x86_64 AVX-512F: 12 rows x 32 columns (2 registers) per tile.
+    Avx512,
+    /// x86_64 AVX2 + FMA: 6 rows x 16 columns.
+    Avx2,
+    /// aarch64 NEON: 8 rows x 12 columns.
+    Neon,
+    /// Plain Rust the compiler vectorizes: 4 rows x 16 columns.
+    Portable,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU runs.
+    pub fn detect() -> Kernel {
+        Kernel::available().into_iter().next().unwrap_or(Kernel::Portable)
+    }
+
+    /// Every kernel this CPU runs, fastest first; the portable one is last.
+    pub fn available() -> Vec<Kernel> {
+        let mut kernels = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernel::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                kernels.push(Kernel::Avx2);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        kernels.push(Kernel::Neon);
+        kernels.push(Kernel::Portable);
+        kernels
+    }
+
+    /// What `doctor` and `bench --ops` print, e.g. `avx512f 12x32`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kernel::Avx512 => "avx512f 12x32",
+            Kernel::Avx2 => "avx2+fma 6x16",
+            Kernel::Neon => "neon 8x12",
+            Kernel::Portable => "portable 4x16",
+        }
+    }
+
+    /// Rows of a tile.
+    const fn mr(self) -> usize {
+        match self {
+            Kernel::Avx512 => 12,
+            Kernel::Avx2 => 6,
+            Kernel::Neon => 8,
+            Kernel::Portable => 4,
+        }
+    }
+
+    /// Columns of a tile, the width of a weight panel.
+    const fn nr(self) -> usize {
+        match self {
+            Kernel::Avx512 => 32,
+            Kernel::Avx2 | Kernel::Portable => 16,
+            Kernel::Neon => 12,
+        }
+    }
+}
+
+/// A `K x N` weight packed for one kernel, with its bias.
+#[derive(Clone, Debug)]
+pub struct PackedWeight {
+    kernel: Kernel,
+    k: usize,
+    n: usize,
+    /// `ceil(N / NR)` panels, each `K` rows of `NR` values.
+    panels: Vec<f32>,
+    /// `N` values, zero-padded to whole panels.
+    bias: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs `weight`, `K` rows of `N` values, and `bias` (`N` values, or
+    /// none: zeros) for `kernel`.
+    pub fn new(kernel: Kernel, weight: &[f32], k: usize, n: usize, bias: Option<&[f32]>) -> PackedWeight {
+        assert_eq!(weight.len(), k * n, "the weight is not {k} x {n}");
+        let mut packed = PackedWeight::from_fn(kernel, k, n, |row, col| weight[row * n + col]);
+        if let Some(bias) = bias {
+            assert_eq!(bias.len(), n, "the bias is not {n} values");
+            packed.bias[..n].copy_from_slice(bias);
+        }
+        packed
+    }
+
+    /// Packs the `K x N` weight whose value at row `row`, column `col` is
+    /// `value(row, col)`, without a bias, for `kernel`.
+    pub fn from_fn(kernel: Kernel, k: usize, n: usize, value: impl Fn(usize, usize) -> f32) -> PackedWeight {
+        let nr = kernel.nr();
+        let count = n.div_ceil(nr);
+        let mut panels = vec![0.0; count * k * nr];
+        for (p, panel) in panels.chunks_exact_mut(k * nr).enumerate() {
+            let cols = nr.min(n - p * nr);
+            for (row, dst) in panel.chunks_exact_mut(nr).enumerate() {
+                for (c, dst) in dst[..cols].iter_mut().enumerate() {
+                    *dst = value(row, p * nr + c);
+                }
+            }
+        }
+        PackedWeight { kernel, k, n, panels, bias: vec![0.0; count * nr] }
+    }
+
+    fn panel_count(&self) -> usize {
+        self.n.div_ceil(self.kernel.nr())
+    }
+}
+
+/// What is applied to each output after the bias.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Activation {
+    None,
+    /// `x (1 + erf(x / sqrt 2)) / 2`, as ONNX's `Gelu` and its Erf expansion.
+    Gelu,
+}
+
+/// `erf`, within 1.5e-7 of it everywhere (Abramowitz and Stegun 7.1.26,
+/// with [`exp_neg`]); branch-free so that a loop over it vectorizes.
+#[inline(always)]
+fn erf(x: f32) -> f32 {
+    let z = x.abs();
+    let t = 1.0 / (1.0 + 0.327_591_1 * z);
+    let p = 1.061_405_4;
+    let p = p * t - 1.453_152;
+    let p = p * t + 1.421_413_8;
+    let p = p * t - 0.284_496_72;
+    let p = p * t + 0.254_829_6;
+    let y = 1.0 - p * t * exp_neg(-z * z);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+#[inline(always)]
+fn activate(activation: Activation, row: &mut [f32]) {
+    if activation == Activation::Gelu {
+        for v in row {
+            *v = gelu(*v);
+        }
+    }
+}
+
+/// One SIMD register of f32 as the micro-kernel uses it.
+trait Lanes: Copy {
+    const LANES: usize;
+    /// # Safety
+    /// The CPU has the instructions the implementation uses; so for all below.
+    unsafe fn zero() -> Self;
+    /// # Safety
+    /// `p` is readable.
+    unsafe fn splat(p: *const f32) -> Self;
+    /// # Safety
+    /// `p` is readable for `LANES` values.
+    unsafe fn load(p: *const f32) -> Self;
+    /// # Safety
+    /// `p` is writable for `LANES` values.
+    unsafe fn store(self, p: *mut f32);
+    /// `self + a * b`.
+    /// # Safety
+    /// As for [`Lanes::zero`].
+    unsafe fn mul_add(self, a: Self, b: Self) -> Self;
+}
+
+#[derive(Clone, Copy)]
+struct Portable([f32; 8]);
+
+impl Lanes for Portable {
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> Self {
+        Portable([0.0; 8])
+    }
+    #[inline(always)]
+    unsafe fn splat(p: *const f32) -> Self {
+        // SAFETY: the caller's contract.
+        Portable([unsafe { *p }; 8])
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> Self {
+        // SAFETY: the caller's contract; `read_unaligned` takes any alignment.
+        Portable(unsafe { (p as *const [f32; 8]).read_unaligned() })
+    }
+    #[inline(always)]
+    unsafe fn store(self, p: *mut f32) {
+        // SAFETY: the caller's contract.
+        unsafe { (p as *mut [f32; 8]).write_unaligned(self.0) }
+    }
+    #[inline(always)]
+    unsafe fn mul_add(mut self, a: Self, b: Self) -> Self {
+        for ((s, a), b) in self.0.iter_mut().zip(a.0).zip(b.0) {
+            *s += a * b;
+        }
+        self
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::Lanes;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx2(__m256);
+
+    impl Lanes for Avx2 {
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's contract (AVX2).
+            Avx2(unsafe { _mm256_setzero_ps() })
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            // SAFETY: the caller's contract.
+            Avx2(unsafe { _mm256_broadcast_ss(&*p) })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller's contract; `loadu` takes any alignment.
+            Avx2(unsafe { _mm256_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { _mm256_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            // SAFETY: the caller's contract (FMA).
+            Avx2(unsafe { _mm256_fmadd_ps(a.0, b.0, self.0) })
+        }
+    }
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Avx512(__m512);
+
+    impl Lanes for Avx512 {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: the caller's contract (AVX-512F).
+            Avx512(unsafe { _mm512_setzero_ps() })
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            // SAFETY: the caller's contract.
+            Avx512(unsafe { _mm512_set1_ps(*p) })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller's contract; `loadu` takes any alignment.
+            Avx512(unsafe { _mm512_loadu_ps(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { _mm512_storeu_ps(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            // SAFETY: the caller's contract.
+            Avx512(unsafe { _mm512_fmadd_ps(a.0, b.0, self.0) })
+        }
+    }
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use std::arch::aarch64::*;
+
+    use super::Lanes;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Neon(float32x4_t);
+
+    impl Lanes for Neon {
+        const LANES: usize = 4;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            // SAFETY: NEON is part of aarch64.
+            Neon(unsafe { vdupq_n_f32(0.0) })
+        }
+        #[inline(always)]
+        unsafe fn splat(p: *const f32) -> Self {
+            // SAFETY: the caller's contract.
+            Neon(unsafe { vld1q_dup_f32(p) })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> Self {
+            // SAFETY: the caller's contract; `ld1` takes any alignment.
+            Neon(unsafe { vld1q_f32(p) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, p: *mut f32) {
+            // SAFETY: the caller's contract.
+            unsafe { vst1q_f32(p, self.0) }
+        }
+        #[inline(always)]
+        unsafe fn mul_add(self, a: Self, b: Self) -> Self {
+            // SAFETY: NEON is part of aarch64.
+            Neon(unsafe { vfmaq_f32(self.0, a.0, b.0) })
+        }
+    }
+}
+
+/// The largest tile, `MR x NR` over every kernel.
+const MAX_TILE: usize = 12 * 32;
+
+/// Rows of activations a task takes at a time: they are read once per
+/// weight panel, so they should stay in L2 (256 rows of 768 are 768 KiB).
+const ROW_CHUNK: usize = 256;
+
+/// One product's operands, shared by the tasks that compute it.
+struct Job<'a> {
+    /// `m` rows of `k` values.
+    x: &'a [f32],
+    m: usize,
+    weight: &'a PackedWeight,
+    activation: Activation,
+    /// `m` rows of `n` values, written by the tasks in disjoint tiles.
+    y: *mut f32,
+}
+
+// SAFETY: tasks read `x` and the weight and write disjoint tiles of `y`
+// (rows x panels, see `Job::run`), so sharing the job between threads races
+// on nothing.
+unsafe impl Sync for Job<'_> {}
+
+/// `MR` rows of `x` (`lda` apart, `K` values each) times one panel, plus the
+/// bias, stored to `y` (`ldy` apart) as `MR x NR` values.
+///
+/// # Safety
+/// The CPU runs `V`; `x` is readable for `MR` rows of `k`, `panel` for
+/// `k x NR`, `bias` for `NR`, and `y` writable for `MR` rows of `NR`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(
+    k: usize,
+    x: *const f32,
+    lda: usize,
+    panel: *const f32,
+    bias: *const f32,
+    y: *mut f32,
+    ldy: usize,
+) {
+    // SAFETY: every access is inside the ranges the caller guarantees.
+    unsafe {
+        let mut acc = [[V::zero(); NV]; MR];
+        for j in 0..NV {
+            let b = V::load(bias.add(j * V::LANES));
+            for row in acc.iter_mut() {
+                row[j] = b;
+            }
+        }
+        let nr = NV * V::LANES;
+        let mut step = |p: usize| {
+            let mut b = [V::zero(); NV];
+            for (j, b) in b.iter_mut().enumerate() {
+                *b = V::load(panel.add(p * nr + j * V::LANES));
+            }
+            for (i, row) in acc.iter_mut().enumerate() {
+                let a = V::splat(x.add(i * lda + p));
+                for (acc, &b) in row.iter_mut().zip(&b) {
+                    *acc = acc.mul_add(a, b);
+                }
+            }
+        };
+        // Four steps at a time, so that each row's address is computed once
+        // for four broadcasts: the loop is otherwise as much address
+        // arithmetic as multiply-adds.
+        let mut p = 0;
+        while p + 4 <= k {
+            for u in 0..4 {
+                step(p + u);
+            }
+            p += 4;
+        }
+        while p < k {
+            step(p);
+            p += 1;
+        }
+        for (i, row) in acc.iter().enumerate() {
+            for (j, acc) in row.iter().enumerate() {
+                acc.store(y.add(i * ldy + j * V::LANES));
+            }
+        }
+    }
+}
+
+impl Job<'_> {
+    /// Computes rows `rows` of `y` over panels `panels`.
+    ///
+    /// # Safety
+    /// The CPU runs `V`, `MR x NV * LANES` is the weight's kernel's tile, and
+    /// no other task writes these rows and panels of `y`.
+    #[inline(always)]
+    unsafe fn run<V: Lanes, const MR: usize, const NV: usize>(
+        &self,
+        rows: std::ops::Range<usize>,
+        panels: std::ops::Range<usize>,
+    ) {
+        let w = self.weight;
+        let (k, n) = (w.k, w.n);
+        let nr = NV * V::LANES;
+        debug_assert_eq!((MR, nr), (w.kernel.mr(), w.kernel.nr()));
+        debug_assert!(MR * nr <= MAX_TILE);
+        // The last rows when fewer than MR, copied into MR zero-padded rows.
+        let whole = rows.start + (rows.len() / MR) * MR;
+        let mut tail = vec![0.0f32; if whole < rows.end { MR * k } else { 0 }];
+        if !tail.is_empty() {
+            tail[..(rows.end - whole) * k].copy_from_slice(&self.x[whole * k..rows.end * k]);
+        }
+        let mut scratch = [0.0f32; MAX_TILE];
+        for p in panels {
+            let panel = w.panels[p * k * nr..].as_ptr();
+            let bias = w.bias[p * nr..].as_ptr();
+            let col = p * nr;
+            let cols = nr.min(n - col);
+            for r in (rows.start..rows.end).step_by(MR) {
+                let count = MR.min(rows.end - r);
+                let x = if r < whole { self.x[r * k..].as_ptr() } else { tail.as_ptr() };
+                if count == MR && cols == nr {
+                    // SAFETY: the rows r..r+MR and columns col..col+NR are
+                    // inside x, the panel and y, and y's are this task's.
+                    unsafe {
+                        let y = self.y.add(r * n + col);
+                        tile::<V, MR, NV>(k, x, k, panel, bias, y, n);
+                        for i in 0..MR {
+                            activate(self.activation, std::slice::from_raw_parts_mut(y.add(i * n), nr));
+                        }
+                    }
+                } else {
+                    // SAFETY: x has MR rows (the zero-padded tail when short),
+                    // the scratch MR x NR; only the real part reaches y.
+                    unsafe { tile::<V, MR, NV>(k, x, k, panel, bias, scratch.as_mut_ptr(), nr) };
+                    for i in 0..count {
+                        let src = &mut scratch[i * nr..i * nr + cols];
+                        activate(self.activation, src);
+                        // SAFETY: row r + i, columns col..col + cols are this task's part of y.
+                        unsafe {
+                            std::ptr::copy_nonoverlapping(src.as_ptr(), self.y.add((r + i) * n + col), cols)
+                        };
+                    }
+                }
+            }
+        }
+    }
+
+    /// The task's tiles on the weight's kernel.
+    fn run_on_kernel(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
+        match self.weight.kernel {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `PackedWeight`s are made for detected kernels only
+            // (`Kernel::available`), so the CPU has AVX-512F.
+            Kernel::Avx512 => unsafe { self.run_avx512(rows, panels) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2 and FMA.
+            Kernel::Avx2 => unsafe { self.run_avx2(rows, panels) },
+            #[cfg(target_arch = "aarch64")]
+            // SAFETY: NEON is part of aarch64; the rows and panels are this task's.
+            Kernel::Neon => unsafe { self.run::<arm::Neon, 8, 3>(rows, panels) },
+            // SAFETY: plain Rust; the rows and panels are this task's.
+            Kernel::Portable => unsafe { self.run::<Portable, 4, 2>(rows, panels) },
+            #[allow(unreachable_patterns)]
+            other => unreachable!("kernel {} on another architecture", other.name()),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
+        // SAFETY: the caller's contract.
+        unsafe { self.run::<x86::Avx512, 12, 2>(rows, panels) }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(&self, rows: std::ops::Range<usize>, panels: std::ops::Range<usize>) {
+        // SAFETY: the caller's contract.
+        unsafe { self.run::<x86::Avx2, 6, 2>(rows, panels) }
+    }
+}
+
+/// `y = activation(x W + b)` for `x` of `m` rows of `K`, into `y` (`m` rows
+/// of `N`), on the calling thread or, given a pool, split across it.
+pub fn linear(
+    x: &[f32],
+    weight: &PackedWeight,
+    activation: Activation,
+    y: &mut [f32],
+    pool: Option<&rayon::ThreadPool>,
+) {
+    let (k, n) = (weight.k, weight.n);
+    assert!(k > 0 && x.len().is_multiple_of(k), "x is not rows of {k}");
+    let m = x.len() / k;
+    assert_eq!(y.len(), m * n, "y is not {m} rows of {n}");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let job = Job { x, m, weight, activation, y: y.as_mut_ptr() };
+    let panels = weight.panel_count();
+    let threads = pool.map_or(1, |p| p.current_num_threads());
+    if threads == 1 {
+        job.run_on_kernel(0..m, 0..panels);
+        return;
+    }
+    let chunk = ROW_CHUNK.div_ceil(weight.kernel.mr()) * weight.kernel.mr();
+    let row_chunks = m.div_ceil(chunk);
+    let groups = panels.min(threads);
+    let pool = pool.expect("threads > 1 come from a pool");
+    pool.install(|| {
+        (0..row_chunks * groups).into_par_iter().for_each(|task| {
+            let (r, g) = (task / groups, task % groups);
+            let rows = r * chunk..((r + 1) * chunk).min(job.m);
+            let panels = g * panels / groups..(g + 1) * panels / groups;
+            job.run_on_kernel(rows, panels);
+        })
+    });
+}
+
+/// The plain product: `activation(x W + b)` in f64, `W` as `K` rows of `N`.
+pub fn reference(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    k: usize,
+    n: usize,
+    activation: Activation,
+) -> Vec<f64> {
+    let m = x.len() / k;
+    let mut y = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut sum = bias.map_or(0.0, |b| b[j] as f64);
+            for p in 0..k {
+                sum += x[i * k + p] as f64 * w[p * n + j] as f64;
+            }
+            y[i * n + j] = match activation {
+                Activation::None => sum,
+                Activation::Gelu => 0.5 * sum * (1.0 + erf_f64(sum / std::f64::consts::SQRT_2)),
+            };
+        }
+    }
+    y
+}
+
+/// `erf` in f64 to about 1e-16 (its Maclaurin series near 0, the continued
+/// fraction of erfc beyond), for the references.
+fn erf_f64(x: f64) -> f64 {
+    let z = x.abs();
+    let value = if z < 2.5 {
+        // erf z = 2/sqrt(pi) sum (-1)^n z^(2n+1) / (n! (2n+1))
+        let (mut term, mut sum, mut n) = (z, z, 0.0);
+        while term.abs() > 1e-17 * sum.abs() {
+            n += 1.0;
+            term *= -z * z / n;
+            sum += term / (2.0 * n + 1.0);
+        }
+        sum * std::f64::consts::FRAC_2_SQRT_PI
+    } else {
+        // erfc z = e^(-z^2) / sqrt(pi) * 1 / (z + (1/2) / (z + 1 / (z + (3/2) / (z + ...))))
+        let mut fraction = z;
+        for i in (1..60).rev() {
+            fraction = z + (i as f64 / 2.0) / fraction;
+        }
+        1.0 - (-z * z).exp() / std::f64::consts::PI.sqrt() / fraction
+    };
+    value.copysign(x)
+}
+
+/// A product of an activation with a constant weight (see the module's doc).
+#[derive(Clone, Debug)]
+pub struct Linear {
+    weight: Arc<PackedWeight>,
+    activation: Activation,
+    /// The output's shape: the rows' axes, then the columns'.
+    shape: TVec<usize>,
+}
+
+impl PartialEq for Linear {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.weight, &other.weight)
+            && self.activation == other.activation
+            && self.shape == other.shape
+    }
+}
+
+impl Eq for Linear {}
+
+impl Op for Linear {
+    fn name(&self) -> StaticName {
+        "Linear".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let w = &self.weight;
+        Ok(vec![format!("{} x {}, {:?}, kernel {}", w.k, w.n, self.activation, w.kernel.name())])
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for Linear {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let x = args_1!(inputs);
+        let x = x.try_as_plain_ram()?;
+        let x = x.as_slice::<f32>()?;
+        // SAFETY: f32 has no invalid values, and `linear` writes every element.
+        let mut y = unsafe { Tensor::uninitialized::<f32>(&self.shape)? };
+        {
+            let mut plain = y.try_as_plain_ram_mut()?;
+            let pool = match current_tract_executor() {
+                Executor::MultiThread(pool) => Some(pool),
+                _ => None,
+            };
+            linear(x, &self.weight, self.activation, plain.as_slice_mut::<f32>()?, pool.as_deref());
+        }
+        Ok(tvec!(y.into_tvalue()))
+    }
+}
+
+impl TypedOp for Linear {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        ensure!(inputs[0].datum_type == f32::datum_type(), "Linear takes f32");
+        Ok(tvec!(f32::fact(&*self.shape)))
+    }
+
+    fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let rows: usize = self.shape.iter().product::<usize>() / self.weight.n.max(1);
+        Ok(tvec!((Cost::FMA(f32::datum_type()), (rows * self.weight.k * self.weight.n).to_dim())))
+    }
+
+    as_op!();
+}
+
+/// How an `EinSum` reads as `x W`: the weight as `K x N` and the output shape.
+struct Product {
+    weight: Vec<f32>,
+    k: usize,
+    n: usize,
+    /// The output's axes that are columns (`N`), by position.
+    column_axes: Vec<usize>,
+}
+
+/// The `EinSum` node as `x W`, when it is one: f32, a constant second input,
+/// and, leaving out axes of size 1, the activation laid out as rows then
+/// the summed axes, the output as the same rows then the weight's other axes.
+fn as_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Product>> {
+    let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
+    if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let (x, w) = (model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?);
+    let out = &node.outputs[0].fact;
+    let Some(konst) = w.konst.as_ref() else { return Ok(None) };
+    if x.konst.is_some() || [x, w, out].iter().any(|f| f.datum_type != f32::datum_type() || !f.is_plain()) {
+        return Ok(None);
+    }
+    let (Some(xs), Some(ws), Some(os)) =
+        (x.shape.as_concrete(), w.shape.as_concrete(), out.shape.as_concrete())
+    else {
+        return Ok(None);
+    };
+    let (inputs, outputs) = op.axes.to_strs();
+    let [xa, wa]: [Vec<char>; 2] = [inputs[0].chars().collect(), inputs[1].chars().collect()];
+    let oa: Vec<char> = outputs[0].chars().collect();
+    if xa.len() != xs.len() || wa.len() != ws.len() || oa.len() != os.len() {
+        return Ok(None);
+    }
+    // Each axis of size > 1, by where it is.
+    let big = |axes: &[char], dims: &[usize]| -> Vec<char> {
+        axes.iter().zip(dims).filter(|(_, &d)| d > 1).map(|(&a, _)| a).collect()
+    };
+    let (xb, wb, ob) = (big(&xa, xs), big(&wa, ws), big(&oa, os));
+    let rows: Vec<char> = xb.iter().copied().filter(|a| !wb.contains(a)).collect();
+    let sums: Vec<char> = xb.iter().copied().filter(|a| wb.contains(a)).collect();
+    let cols: Vec<char> = wb.iter().copied().filter(|a| !xb.contains(a)).collect();
+    // Every big axis of the weight is summed or a column, of the output a row or a column.
+    let laid_out = xb == [&rows[..], &sums[..]].concat()
+        && ob == [&rows[..], &cols[..]].concat()
+        && sums.iter().all(|a| !ob.contains(a))
+        && wb.len() == sums.len() + cols.len();
+    if !laid_out || sums.is_empty() {
+        return Ok(None);
+    }
+    let dim = |axes: &[char], dims: &[usize], a: char| dims[axes.iter().position(|&b| b == a).unwrap()];
+    let k: usize = sums.iter().map(|&a| dim(&xa, xs, a)).product();
+    let n: usize = cols.iter().map(|&a| dim(&wa, ws, a)).product();
+    // The weight's axes as summed (in x's order), columns (in the output's),
+    // then its axes of size 1, so that its values read as K x N.
+    let position = |a: char| wa.iter().position(|&b| b == a).unwrap();
+    let mut order: Vec<usize> = sums.iter().chain(&cols).map(|&a| position(a)).collect();
+    let ones: Vec<usize> = (0..wa.len()).filter(|i| !order.contains(i)).collect();
+    order.extend(ones);
+    let view = konst.to_plain_array_view::<f32>()?;
+    let weight: Vec<f32> = view.permuted_axes(order).iter().copied().collect();
+    let column_axes = oa.iter().enumerate().filter(|(_, a)| cols.contains(a)).map(|(i, _)| i).collect();
+    Ok(Some(Product { weight, k, n, column_axes }))
+}
+
+/// The only consumer of `node`'s output when it has one and the output is
+/// not the model's.
+fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
+    let outlet = OutletId::new(node.id, 0);
+    let successors = model.outlet_successors(outlet);
+    (successors.len() == 1 && !model.outputs.contains(&outlet)).then(|| model.node(successors[0].node))
+}
+
+/// The bias `add` adds to `product`'s output, when it is a constant over the
+/// columns only and the sum keeps the product's shape.
+fn bias_of(
+    model: &TypedModel,
+    product: &TypedNode,
+    add: &TypedNode,
+    columns: &[usize],
+) -> TractResult<Option<Vec<f32>>> {
+    let Some(op) = add.op_as::<TypedBinOp>() else { return Ok(None) };
+    if !op.0.is::<Add>()
+        || add.inputs.len() != 2
+        || add.outputs[0].fact.shape != product.outputs[0].fact.shape
+    {
+        return Ok(None);
+    }
+    let other = add.inputs.iter().find(|i| i.node != product.id).copied();
+    let Some(other) = other else { return Ok(None) };
+    let fact = model.outlet_fact(other)?;
+    let (Some(konst), Some(out)) = (fact.konst.as_ref(), product.outputs[0].fact.shape.as_concrete()) else {
+        return Ok(None);
+    };
+    let shape = konst.shape();
+    let over_columns = konst.datum_type() == f32::datum_type()
+        && shape.len() == out.len()
+        && shape.iter().enumerate().all(|(i, &d)| if columns.contains(&i) { d == out[i] } else { d == 1 });
+    if !over_columns {
+        return Ok(None);
+    }
+    Ok(Some(konst.to_plain_array_view::<f32>()?.iter().copied().collect()))
+}
+
+/// Whether `node` is GELU (tract's `GeluExact`, from ONNX `Gelu` or its Erf form).
+fn is_gelu(node: &TypedNode) -> bool {
+    node.op_as::<ElementWiseOp>().is_some_and(|op| op.0.is::<GeluExact>())
+}
+
+/// Replaces each product with a constant weight in a decluttered model by a
+/// [`Linear`] on `kernel`, taking in the bias added and the GELU applied to
+/// it; returns how many.
+pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let Some(product) = as_product(model, node)? else { continue };
+        let mut last = node;
+        let mut bias = None;
+        if let Some(add) = sole_successor(model, last) {
+            if let Some(b) = bias_of(model, last, add, &product.column_axes)? {
+                bias = Some(b);
+                last = add;
+            }
+        }
+        let mut activation = Activation::None;
+        if let Some(next) = sole_successor(model, last).filter(|n| is_gelu(n)) {
+            activation = Activation::Gelu;
+            last = next;
+        }
+        let shape: TVec<usize> = last.outputs[0].fact.shape.as_concrete().context("a concrete shape")?.into();
+        let weight = PackedWeight::new(kernel, &product.weight, product.k, product.n, bias.as_deref());
+        let op = Linear { weight: Arc::new(weight), activation, shape };
+        let mut patch = TypedModelPatch::default();
+        let x = patch.tap_model(model, node.inputs[0])?;
+        let y = patch.wire_node(&last.name, op, &[x])?[0];
+        patch.shunt_outside(model, OutletId::new(last.id, 0), y)?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    Ok(replaced)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use edgevit_kernels::testing::XorShift;
+
+    fn values(rng: &mut XorShift, len: usize) -> Vec<f32> {
+        (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect()
+    }
+
+    /// Each kernel against the f64 reference. An f32 sum of `k + 1` terms
+    /// (the bias first) is within `(k + 1) * 2^-24` of the sum of the terms'
+    /// magnitudes of the exact one, whatever the order; GELU's slope is at
+    /// most 1.13 and [`gelu`] adds its own 1e-6.
+    fn check(
+        kernel: Kernel,
+        m: usize,
+        k: usize,
+        n: usize,
+        bias: bool,
+        activation: Activation,
+        threads: usize,
+    ) {
+        let mut rng = XorShift::new((m * 1000 + k * 10 + n) as u64 | 1);
+        let (x, w, b) = (values(&mut rng, m * k), values(&mut rng, k * n), values(&mut rng, n));
+        let bias = bias.then_some(&b[..]);
+        let packed = PackedWeight::new(kernel, &w, k, n, bias);
+        let mut y = vec![f32::NAN; m * n];
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        linear(&x, &packed, activation, &mut y, (threads > 1).then_some(&pool));
+        let want = reference(&x, &w, bias, k, n, activation);
+        for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
+            let (row, col) = (i / n, i % n);
+            let magnitude: f64 = bias.map_or(0.0, |b| b[col].abs() as f64)
+                + (0..k).map(|p| (x[row * k + p] * w[p * n + col]).abs() as f64).sum::<f64>();
+            let mut bound = (k + 1) as f64 * 5.97e-8 * magnitude;
+            if activation == Activation::Gelu {
+                bound = 1.13 * bound + 1e-6;
+            }
+            assert!(
+                got.is_finite() && (got as f64 - want).abs() <= bound,
+                "{} m {m} k {k} n {n} {activation:?} threads {threads}: y[{row}, {col}] = {got}, want {want}",
+                kernel.name(),
+            );
+        }
+    }
+
+    #[test]
+    fn every_kernel_matches_the_reference_on_odd_shapes() {
+        for kernel in Kernel::available() {
+            for (m, k, n) in
+                [(1, 1, 1), (1, 192, 10), (5, 7, 3), (13, 33, 47), (197, 192, 576), (25, 64, 100)]
+            {
+                for activation in [Activation::None, Activation::Gelu] {
+                    check(kernel, m, k, n, true, activation, 1);
+                }
+                check(kernel, m, k, n, false, Activation::None, 1);
+            }
+        }
+    }
+
+    #[test]
+    fn threads_split_rows_and_panels_without_changing_a_value() {
+        for kernel in Kernel::available() {
+            // One image's rows, and a batch of 8 (more row chunks than threads).
+            for m in [197, 8 * 197] {
+                check(kernel, m, 64, 200, true, Activation::Gelu, 3);
+                let mut rng = XorShift::new(11);
+                let (x, w) = (values(&mut rng, m * 64), values(&mut rng, 64 * 200));
+                let packed = PackedWeight::new(kernel, &w, 64, 200, None);
+                let (mut one, mut two) = (vec![0.0; m * 200], vec![0.0; m * 200]);
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+                linear(&x, &packed, Activation::None, &mut one, None);
+                linear(&x, &packed, Activation::None, &mut two, Some(&pool));
+                assert_eq!(one, two, "{}: the split changed the sums", kernel.name());
+            }
+        }
+    }
+
+    #[test]
+    fn gelu_is_within_its_stated_error() {
+        let mut worst = 0.0f64;
+        for i in -80_000..=80_000 {
+            let x = i as f32 * 1e-4;
+            let want = 0.5 * x as f64 * (1.0 + erf_f64(x as f64 / std::f64::consts::SQRT_2));
+            worst = worst.max((gelu(x) as f64 - want).abs());
+        }
+        assert!(worst < 1e-6, "worst absolute error {worst:e}");
+        assert!((erf_f64(1.0) - 0.842_700_792_949_714_9).abs() < 1e-15);
+        assert!((erf_f64(3.0) - 0.999_977_909_503_001_4).abs() < 1e-15);
+        assert!(gelu(f32::NAN).is_nan());
+        assert_eq!(gelu(-20.0), 0.0);
+        assert_eq!(gelu(20.0), 20.0);
+    }
+}

@@ -1,0 +1,34 @@
+//! The CPU backend: tract's optimized plan with our ops in place of tract's
+//! where ours are faster, one file per op.
+//!
+//! - [`linear`]: every product with a constant weight, its bias and GELU.
+//! - [`attention`]: softmax(Q K^T) V, per head.
+//! - [`layer_norm`]: LayerNorm over the last axis.
+//! - [`softmax`]: softmax over the last axis.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::runtime::RunOptions;
+
+pub mod attention;
+pub mod layer_norm;
+pub mod linear;
+pub mod softmax;
+
+pub use linear::Kernel;
+
+/// Declutters `model`, puts our ops in, optimizes the rest and plans it.
+pub(crate) fn prepare(model: TypedModel, options: &RunOptions) -> TractResult<Box<dyn Runnable>> {
+    let mut model = model.into_decluttered()?;
+    let kernel = Kernel::detect();
+    let linear = linear::replace(&mut model, kernel)?;
+    let attention = attention::replace(&mut model, kernel)?;
+    let layer_norm = layer_norm::replace(&mut model)?;
+    let mut model = model.into_optimized()?;
+    let softmax = softmax::replace(&mut model)?;
+    log::debug!(
+        "cpu: {linear} product(s) and {attention} attention(s) on {}, {layer_norm} LayerNorm(s), \
+         {softmax} softmax op(s) vectorized",
+        kernel.name()
+    );
+    Ok(Box::new(TypedSimplePlan::new_with_options(model, options)?))
+}
