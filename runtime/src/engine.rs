@@ -23,6 +23,7 @@ use tract_onnx::tract_core::runtime::RunOptions;
 use tract_onnx::tract_core::transform::get_transform;
 use tract_onnx::tract_hir::infer::Factoid;
 
+use crate::backend::cpu::pool::Pool;
 use crate::backend::{panic_message, Backend};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
@@ -94,8 +95,10 @@ pub struct Engine {
     /// The matrix products' weights are Q4_0 blocks.
     pub block_quant: bool,
     state: Box<dyn State>,
-    /// The CPU threads' pool, which the whole plan runs on ([`on_pool`]).
+    /// The CPU threads: tract's pool, which the whole plan runs on, and ours,
+    /// which our ops split their work across ([`on_pool`]).
     executor: Executor,
+    pool: Option<Arc<Pool>>,
     input: Arc<Tensor>,
     logits: Vec<f32>,
 }
@@ -189,7 +192,8 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     })
 }
 
-/// Runs `f` on one of the pool's threads when there is a pool, else here.
+/// Runs `f` on one of tract's pool's threads when there is a pool, else
+/// here, with our pool the current one for our ops.
 /// tract hands each matrix product to the pool from the thread that runs
 /// the plan; from outside the pool that thread queues the job and sleeps on
 /// it, and the pool's threads wake and park around every product. Run from
@@ -199,7 +203,7 @@ fn without_panics<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
 /// (doc/performance.md).
 /// A panic of the plan's thread stays an error there, as under
 /// [`without_panics`] on the caller.
-fn on_pool<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
+fn on_pool<R: Send>(executor: &Executor, pool: Option<&Arc<Pool>>, f: impl FnOnce() -> R + Send) -> R {
     /// Puts the pool thread's panic setting back, even when `f` panics.
     struct Restore(bool);
     impl Drop for Restore {
@@ -207,15 +211,19 @@ fn on_pool<R: Send>(executor: &Executor, f: impl FnOnce() -> R + Send) -> R {
             PANICS_ARE_ERRORS.with(|p| p.set(self.0));
         }
     }
+    let ours = || match pool {
+        Some(pool) => pool.scope(f),
+        None => f(),
+    };
     match executor {
-        Executor::MultiThread(pool) => {
+        Executor::MultiThread(tract) => {
             let quiet = PANICS_ARE_ERRORS.with(Cell::get);
-            pool.install(|| {
+            tract.install(|| {
                 let _restore = Restore(PANICS_ARE_ERRORS.with(|p| p.replace(quiet)));
-                f()
+                ours()
             })
         }
-        _ => f(),
+        _ => ours(),
     }
 }
 
@@ -262,7 +270,7 @@ impl Engine {
         let threads = options.thread_count();
         let m = &bundle.manifest;
         let spec = m.input.clone();
-        let (runnable, executor) = without_panics("loading the model", || {
+        let (runnable, executor, pool) = without_panics("loading the model", || {
             // The input is pinned below, so the intermediate shapes that ONNX
             // shape inference writes into value_info, with the batch as a
             // named symbol (`batch_size`), would only contradict it.
@@ -307,12 +315,16 @@ impl Engine {
             }
             // A thread pool that cannot start panics; here that is an error.
             let executor = if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread };
+            let pool = match threads {
+                1 => None,
+                n => Some(Arc::new(Pool::new(n).context("cannot start the CPU threads")?)),
+            };
             let run_options =
                 RunOptions { executor: (threads > 1).then(|| executor.clone()), ..RunOptions::default() };
             let runnable = backend
                 .prepare(typed, &run_options)
                 .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))?;
-            Ok((runnable, executor))
+            Ok((runnable, executor, pool))
         })
         .with_context(context)?;
         let state = without_panics("starting the model", || runnable.spawn()).with_context(context)?;
@@ -331,6 +343,7 @@ impl Engine {
             block_quant,
             state,
             executor,
+            pool,
             input,
             logits: vec![0.0; batch * m.model.classes],
         })
@@ -366,7 +379,7 @@ impl Engine {
         let state = &mut self.state;
         let outputs =
             without_panics("running the model", || match state.downcast_mut::<TypedSimpleState>() {
-                Some(plan) => on_pool(&self.executor, || {
+                Some(plan) => on_pool(&self.executor, self.pool.as_ref(), || {
                     plan.run_plan_with_eval(inputs, |ctx, op_state, node, inputs| {
                         current.store(node.id, Ordering::Relaxed);
                         tract_onnx::tract_core::plan::eval(ctx, op_state, node, inputs)
@@ -397,7 +410,7 @@ impl Engine {
             .with_context(|| format!("backend {} cannot time its ops one by one", self.backend))?;
         let mut by_op = std::collections::BTreeMap::<String, (std::time::Duration, usize)>::new();
         for _ in 0..iterations {
-            on_pool(&self.executor, || {
+            on_pool(&self.executor, self.pool.as_ref(), || {
                 state.run_plan_with_eval(
                     tvec![TValue::from_const(self.input.clone())],
                     |ctx, op_state, node, inputs| {

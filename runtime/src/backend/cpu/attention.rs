@@ -12,18 +12,24 @@
 //! keeps each tensor's strides.
 //!
 //! [`replace`] finds the `EinSum`, `Softmax`, `EinSum` chain in a decluttered
-//! model. Whatever scaling the model applies to Q or K stays where it is.
+//! model, and reads Q, K and V through the slices that split them out of
+//! one tensor, and through the scale the model multiplies Q or K by (folded
+//! into the packing of K), so that those ops and their copies go too.
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-use tract_linalg::multithread::{current_tract_executor, Executor};
+use std::sync::OnceLock;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::array::Slice;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-use super::linear::{self, Activation, Kernel, PackedWeight};
+use super::linear::{linear_here, Activation, Kernel, PackedWeight};
+use super::pool;
 use super::softmax::softmax_rows;
 
 /// Query rows a task takes at a time: their scores (`ROW_BLOCK x N`) stay in
@@ -55,6 +61,8 @@ struct Layout {
     depth: Axis,
     /// The feature `e` of V and of the output.
     features: Axis,
+    /// Where Q, K and V start in their tensors.
+    start: [usize; 3],
     out_shape: TVec<usize>,
 }
 
@@ -65,7 +73,8 @@ impl Layout {
 
     /// The offsets of batch element `b` in q, k, v and out.
     fn offsets(&self, mut b: usize) -> [usize; 4] {
-        let mut at = [0; 4];
+        let [q, k, v] = self.start;
+        let mut at = [q, k, v, 0];
         for axis in self.batch.iter().rev() {
             let i = b % axis.dim;
             b /= axis.dim;
@@ -78,28 +87,45 @@ impl Layout {
 }
 
 /// Attention over Q, K and V (see the module's doc).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug)]
 pub struct Attention {
     layout: Arc<Layout>,
+    /// What the scores are multiplied by before the softmax.
+    scale: f32,
     kernel: Kernel,
 }
 
+impl PartialEq for Attention {
+    fn eq(&self, other: &Self) -> bool {
+        self.layout == other.layout
+            && self.scale.to_bits() == other.scale.to_bits()
+            && self.kernel == other.kernel
+    }
+}
+
+impl Eq for Attention {}
+
 impl Attention {
     /// Computes `out` (the output's values, laid out as `out_shape`).
-    fn compute(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32], pool: Option<&rayon::ThreadPool>) {
+    fn compute(&self, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
         let l = &*self.layout;
         let (m, n, d, e) = (l.rows.dim, l.keys.dim, l.depth.dim, l.features.dim);
         let heads = l.batch_count();
         // Each head's K^T (d x n) and V (n x e), packed.
         let pack = |b: usize| {
             let [_, ko, vo, _] = l.offsets(b);
-            let kt = PackedWeight::from_fn(self.kernel, d, n, |p, j| k[ko + p * l.depth.k + j * l.keys.k]);
+            let kt = PackedWeight::from_fn(self.kernel, d, n, |p, j| {
+                self.scale * k[ko + p * l.depth.k + j * l.keys.k]
+            });
             let vp = PackedWeight::from_fn(self.kernel, n, e, |p, j| v[vo + p * l.keys.v + j * l.features.v]);
             (kt, vp)
         };
         let blocks = m.div_ceil(ROW_BLOCK);
         let out_ptr = SharedOut(out.as_mut_ptr());
-        let task = |packed: &[(PackedWeight, PackedWeight)], t: usize| {
+        let packed: Vec<OnceLock<(PackedWeight, PackedWeight)>> =
+            (0..heads).map(|_| OnceLock::new()).collect();
+        pool::for_each(heads, |b| _ = packed[b].set(pack(b)));
+        pool::for_each(heads * blocks, |t| {
             let (b, block) = (t / blocks, t % blocks);
             let rows = block * ROW_BLOCK..((block + 1) * ROW_BLOCK).min(m);
             let [qo, _, _, oo] = l.offsets(b);
@@ -110,10 +136,11 @@ impl Attention {
                 }
             }
             let mut scores = vec![0.0f32; rows.len() * n];
-            linear::linear(&x, &packed[b].0, Activation::None, &mut scores, None);
+            let (kt, vp) = packed[b].get().expect("every head is packed by the first pass");
+            linear_here(&x, kt, Activation::None, &mut scores);
             softmax_rows(&mut scores, n);
             let mut y = vec![0.0f32; rows.len() * e];
-            linear::linear(&scores, &packed[b].1, Activation::None, &mut y, None);
+            linear_here(&scores, vp, Activation::None, &mut y);
             for (r, row) in rows.zip(y.chunks_exact(e)) {
                 for (f, &y) in row.iter().enumerate() {
                     // SAFETY: batch element b, row r and feature f are this
@@ -122,17 +149,7 @@ impl Attention {
                     unsafe { *out_ptr.at(oo + r * l.rows.out + f * l.features.out) = y };
                 }
             }
-        };
-        match pool {
-            Some(pool) if pool.current_num_threads() > 1 => pool.install(|| {
-                let packed: Vec<_> = (0..heads).into_par_iter().map(pack).collect();
-                (0..heads * blocks).into_par_iter().for_each(|t| task(&packed, t));
-            }),
-            _ => {
-                let packed: Vec<_> = (0..heads).map(pack).collect();
-                (0..heads * blocks).for_each(|t| task(&packed, t));
-            }
-        }
+        });
     }
 }
 
@@ -183,16 +200,11 @@ impl EvalOp for Attention {
         let mut out = Tensor::zero::<f32>(&self.layout.out_shape)?;
         {
             let mut plain = out.try_as_plain_ram_mut()?;
-            let pool = match current_tract_executor() {
-                Executor::MultiThread(pool) => Some(pool),
-                _ => None,
-            };
             self.compute(
                 q.as_slice::<f32>()?,
                 k.as_slice::<f32>()?,
                 v.as_slice::<f32>()?,
                 plain.as_slice_mut::<f32>()?,
-                pool.as_deref(),
             );
         }
         Ok(tvec!(out.into_tvalue()))
@@ -287,14 +299,53 @@ fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m Typ
         .then(|| model.node(successors[0].node))
 }
 
+/// Where an input of the products really comes from: the tensor that a
+/// `Slice` (and, for Q and K, a multiplication by a scalar constant) read,
+/// with the slice's start in it and the scale.
+struct Source {
+    outlet: OutletId,
+    shape: Vec<usize>,
+    start: usize,
+    scale: f32,
+}
+
+fn source(model: &TypedModel, mut outlet: OutletId, scaled: bool) -> TractResult<Source> {
+    let mut scale = 1.0;
+    let node = model.node(outlet.node);
+    if scaled && node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Mul>()) && node.inputs.len() == 2 {
+        let facts = [model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?];
+        let scalar = |f: &TypedFact| {
+            f.konst.as_ref().filter(|k| k.datum_type() == f32::datum_type() && k.len() == 1).cloned()
+        };
+        if let Some(i) =
+            (0..2).find(|&i| scalar(facts[i]).is_some() && facts[1 - i].shape == node.outputs[0].fact.shape)
+        {
+            scale = scalar(facts[i]).expect("found above").cast_to_scalar::<f32>()?;
+            outlet = node.inputs[1 - i];
+        }
+    }
+    let node = model.node(outlet.node);
+    if let Some(slice) = node.op_as::<Slice>() {
+        let parent = model.outlet_fact(node.inputs[0])?;
+        if let (Some(shape), Ok(start)) = (parent.shape.as_concrete(), slice.start.to_usize()) {
+            if parent.datum_type == f32::datum_type() && parent.is_plain() {
+                let start = start * strides(shape)[slice.axis];
+                return Ok(Source { outlet: node.inputs[0], shape: shape.to_vec(), start, scale });
+            }
+        }
+    }
+    let shape = model.outlet_fact(outlet)?.shape.as_concrete().context("a concrete shape")?.to_vec();
+    Ok(Source { outlet, shape, start: 0, scale })
+}
+
 /// The attention that starts at `scores` (the Q K^T product), when the
 /// chain is scores -> softmax over the keys -> product with V over the keys.
 fn attention_at(
     model: &TypedModel,
     scores: &TypedNode,
     kernel: Kernel,
-) -> TractResult<Option<(Attention, [usize; 3])>> {
-    let Some((qk, qk_shapes)) = roles(model, scores)? else { return Ok(None) };
+) -> TractResult<Option<(Attention, [OutletId; 3])>> {
+    let Some((qk, _)) = roles(model, scores)? else { return Ok(None) };
     let Some(softmax) = sole_successor(model, scores) else { return Ok(None) };
     let Some(op) = softmax.op_as::<Softmax>() else { return Ok(None) };
     let keys_at = qk.cols.1[2].expect("a column axis is in the output");
@@ -314,8 +365,11 @@ fn attention_at(
     {
         return Ok(None);
     }
-    let [qs, ks, _] = qk_shapes.map(|s| strides(&s));
-    let [_, vs, os] = pv_shapes.clone().map(|s| strides(&s));
+    let q = source(model, scores.inputs[0], true)?;
+    let k = source(model, scores.inputs[1], true)?;
+    let v = source(model, pv_node.inputs[1], false)?;
+    let [qs, ks, vs] = [&q.shape, &k.shape, &v.shape].map(|s| strides(s));
+    let os = strides(&pv_shapes[2]);
     let stride = |strides: &[usize], at: Option<usize>| at.map_or(0, |p| strides[p]);
     let mut batch = Vec::new();
     for &(_, dim, at) in &qk.batch {
@@ -358,12 +412,14 @@ fn attention_at(
             v: stride(&vs, pv.cols.1[1]),
             out: stride(&os, pv.cols.1[2]),
         },
+        start: [q.start, k.start, v.start],
         out_shape: pv_shapes[2].iter().copied().collect(),
     };
     if layout.keys.dim != pv.sum.0 {
         return Ok(None);
     }
-    Ok(Some((Attention { layout: Arc::new(layout), kernel }, [scores.id, softmax.id, pv_node.id])))
+    let op = Attention { layout: Arc::new(layout), scale: q.scale * k.scale, kernel };
+    Ok(Some((op, [q.outlet, k.outlet, v.outlet])))
 }
 
 /// Replaces each attention (see the module's doc) in a decluttered model by
@@ -371,11 +427,15 @@ fn attention_at(
 pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
-        let Some((op, [scores, _, pv])) = attention_at(model, model.node(id), kernel)? else { continue };
-        let (q, k) = (model.node(scores).inputs[0], model.node(scores).inputs[1]);
-        let v = model.node(pv).inputs[1];
+        let Some((op, sources)) = attention_at(model, model.node(id), kernel)? else { continue };
+        let pv = sole_successor(model, sole_successor(model, model.node(id)).expect("the softmax"))
+            .expect("the second product")
+            .id;
         let mut patch = TypedModelPatch::default();
-        let inputs = [patch.tap_model(model, q)?, patch.tap_model(model, k)?, patch.tap_model(model, v)?];
+        let mut inputs = TVec::new();
+        for outlet in sources {
+            inputs.push(patch.tap_model(model, outlet)?);
+        }
         let y = patch.wire_node(&model.node(pv).name, op, &inputs)?[0];
         patch.shunt_outside(model, OutletId::new(pv, 0), y)?;
         patch.apply(model)?;
@@ -414,13 +474,14 @@ mod tests {
             keys: Axis { dim: n, q: 0, k: d, v: e, out: 0 },
             depth: Axis { dim: d, q: 1, k: 1, v: 0, out: 0 },
             features: Axis { dim: e, q: 0, k: 0, v: 1, out: 1 },
+            start: [0; 3],
             out_shape: tvec![heads, m, e],
         }
     }
 
     #[test]
     fn every_kernel_matches_the_reference_per_head() {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let pool = Arc::new(pool::Pool::new(2).unwrap());
         for kernel in Kernel::available() {
             for (heads, m, n, d, e) in
                 [(1, 1, 1, 1, 1), (3, 197, 197, 64, 64), (2, 5, 9, 7, 3), (24, 50, 50, 16, 8)]
@@ -429,10 +490,14 @@ mod tests {
                 let mut draw =
                     |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect() };
                 let (q, k, v) = (draw(heads * m * d), draw(heads * n * d), draw(heads * n * e));
-                let op = Attention { layout: Arc::new(contiguous(heads, m, n, d, e)), kernel };
+                let op = Attention { layout: Arc::new(contiguous(heads, m, n, d, e)), scale: 1.0, kernel };
                 for threads in [1, 2] {
                     let mut out = vec![f32::NAN; heads * m * e];
-                    op.compute(&q, &k, &v, &mut out, (threads == 2).then_some(&pool));
+                    if threads == 2 {
+                        pool.scope(|| op.compute(&q, &k, &v, &mut out));
+                    } else {
+                        op.compute(&q, &k, &v, &mut out);
+                    }
                     for h in 0..heads {
                         let want = reference(
                             &q[h * m * d..][..m * d],

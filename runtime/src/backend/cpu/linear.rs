@@ -28,8 +28,6 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-use tract_linalg::multithread::{current_tract_executor, Executor};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
@@ -38,6 +36,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::GeluExact;
 
+use super::pool;
 use super::softmax::exp_neg;
 
 /// The micro-kernels, by instruction set.
@@ -439,7 +438,16 @@ unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(
     }
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// The product of `x` and `weight` into `y`, or `None` when it is empty.
+    fn new(x: &'a [f32], weight: &'a PackedWeight, activation: Activation, y: &mut [f32]) -> Option<Job<'a>> {
+        let (k, n) = (weight.k, weight.n);
+        assert!(k > 0 && x.len().is_multiple_of(k), "x is not rows of {k}");
+        let m = x.len() / k;
+        assert_eq!(y.len(), m * n, "y is not {m} rows of {n}");
+        (m > 0 && n > 0).then_some(Job { x, m, weight, activation, y: y.as_mut_ptr() })
+    }
+
     /// Computes rows `rows` of `y` over panels `panels`.
     ///
     /// # Safety
@@ -534,40 +542,30 @@ impl Job<'_> {
 }
 
 /// `y = activation(x W + b)` for `x` of `m` rows of `K`, into `y` (`m` rows
-/// of `N`), on the calling thread or, given a pool, split across it.
-pub fn linear(
-    x: &[f32],
-    weight: &PackedWeight,
-    activation: Activation,
-    y: &mut [f32],
-    pool: Option<&rayon::ThreadPool>,
-) {
-    let (k, n) = (weight.k, weight.n);
-    assert!(k > 0 && x.len().is_multiple_of(k), "x is not rows of {k}");
-    let m = x.len() / k;
-    assert_eq!(y.len(), m * n, "y is not {m} rows of {n}");
-    if m == 0 || n == 0 {
-        return;
-    }
-    let job = Job { x, m, weight, activation, y: y.as_mut_ptr() };
+/// of `N`), split across the current [`pool`].
+pub fn linear(x: &[f32], weight: &PackedWeight, activation: Activation, y: &mut [f32]) {
+    let Some(job) = Job::new(x, weight, activation, y) else { return };
     let panels = weight.panel_count();
-    let threads = pool.map_or(1, |p| p.current_num_threads());
+    let threads = pool::threads();
     if threads == 1 {
-        job.run_on_kernel(0..m, 0..panels);
+        job.run_on_kernel(0..job.m, 0..panels);
         return;
     }
     let chunk = ROW_CHUNK.div_ceil(weight.kernel.mr()) * weight.kernel.mr();
-    let row_chunks = m.div_ceil(chunk);
+    let row_chunks = job.m.div_ceil(chunk);
     let groups = panels.min(threads);
-    let pool = pool.expect("threads > 1 come from a pool");
-    pool.install(|| {
-        (0..row_chunks * groups).into_par_iter().for_each(|task| {
-            let (r, g) = (task / groups, task % groups);
-            let rows = r * chunk..((r + 1) * chunk).min(job.m);
-            let panels = g * panels / groups..(g + 1) * panels / groups;
-            job.run_on_kernel(rows, panels);
-        })
+    pool::for_each(row_chunks * groups, |task| {
+        let (r, g) = (task / groups, task % groups);
+        let rows = r * chunk..((r + 1) * chunk).min(job.m);
+        job.run_on_kernel(rows, g * panels / groups..(g + 1) * panels / groups);
     });
+}
+
+/// [`linear`] on this thread alone, for ops that split their own work.
+pub fn linear_here(x: &[f32], weight: &PackedWeight, activation: Activation, y: &mut [f32]) {
+    if let Some(job) = Job::new(x, weight, activation, y) {
+        job.run_on_kernel(0..job.m, 0..weight.panel_count());
+    }
 }
 
 /// The plain product: `activation(x W + b)` in f64, `W` as `K` rows of `N`.
@@ -629,6 +627,13 @@ pub struct Linear {
     shape: TVec<usize>,
 }
 
+impl Linear {
+    /// The product with `weight`, then `activation`, its output `shape`.
+    pub fn new(weight: Arc<PackedWeight>, activation: Activation, shape: TVec<usize>) -> Linear {
+        Linear { weight, activation, shape }
+    }
+}
+
 impl PartialEq for Linear {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weight, &other.weight)
@@ -663,11 +668,7 @@ impl EvalOp for Linear {
         let mut y = unsafe { Tensor::uninitialized::<f32>(&self.shape)? };
         {
             let mut plain = y.try_as_plain_ram_mut()?;
-            let pool = match current_tract_executor() {
-                Executor::MultiThread(pool) => Some(pool),
-                _ => None,
-            };
-            linear(x, &self.weight, self.activation, plain.as_slice_mut::<f32>()?, pool.as_deref());
+            linear(x, &self.weight, self.activation, plain.as_slice_mut::<f32>()?);
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -819,7 +820,7 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
         }
         let shape: TVec<usize> = last.outputs[0].fact.shape.as_concrete().context("a concrete shape")?.into();
         let weight = PackedWeight::new(kernel, &product.weight, product.k, product.n, bias.as_deref());
-        let op = Linear { weight: Arc::new(weight), activation, shape };
+        let op = Linear::new(Arc::new(weight), activation, shape);
         let mut patch = TypedModelPatch::default();
         let x = patch.tap_model(model, node.inputs[0])?;
         let y = patch.wire_node(&last.name, op, &[x])?[0];
@@ -857,8 +858,8 @@ mod tests {
         let bias = bias.then_some(&b[..]);
         let packed = PackedWeight::new(kernel, &w, k, n, bias);
         let mut y = vec![f32::NAN; m * n];
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-        linear(&x, &packed, activation, &mut y, (threads > 1).then_some(&pool));
+        let pool = Arc::new(pool::Pool::new(threads).unwrap());
+        pool.scope(|| linear(&x, &packed, activation, &mut y));
         let want = reference(&x, &w, bias, k, n, activation);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
             let (row, col) = (i / n, i % n);
@@ -900,9 +901,9 @@ mod tests {
                 let (x, w) = (values(&mut rng, m * 64), values(&mut rng, 64 * 200));
                 let packed = PackedWeight::new(kernel, &w, 64, 200, None);
                 let (mut one, mut two) = (vec![0.0; m * 200], vec![0.0; m * 200]);
-                let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-                linear(&x, &packed, Activation::None, &mut one, None);
-                linear(&x, &packed, Activation::None, &mut two, Some(&pool));
+                let pool = Arc::new(pool::Pool::new(2).unwrap());
+                linear(&x, &packed, Activation::None, &mut one);
+                pool.scope(|| linear(&x, &packed, Activation::None, &mut two));
                 assert_eq!(one, two, "{}: the split changed the sums", kernel.name());
             }
         }

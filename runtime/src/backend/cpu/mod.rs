@@ -2,8 +2,11 @@
 //! where ours are faster, one file per op.
 //!
 //! - [`linear`]: every product with a constant weight, its bias and GELU.
+//! - [`patch_embed`]: a ViT's patch embedding, as patches and a product.
 //! - [`attention`]: softmax(Q K^T) V, per head.
 //! - [`layer_norm`]: LayerNorm over the last axis.
+//!
+//! They split their work across a [`pool::Pool`] of our own.
 //! - [`softmax`]: softmax over the last axis.
 
 use tract_onnx::prelude::*;
@@ -12,6 +15,8 @@ use tract_onnx::tract_core::runtime::RunOptions;
 pub mod attention;
 pub mod layer_norm;
 pub mod linear;
+pub mod patch_embed;
+pub mod pool;
 pub mod softmax;
 
 pub use linear::Kernel;
@@ -20,7 +25,7 @@ pub use linear::Kernel;
 pub(crate) fn prepare(model: TypedModel, options: &RunOptions) -> TractResult<Box<dyn Runnable>> {
     let mut model = model.into_decluttered()?;
     let kernel = Kernel::detect();
-    let linear = linear::replace(&mut model, kernel)?;
+    let linear = patch_embed::replace(&mut model, kernel)? + linear::replace(&mut model, kernel)?;
     let attention = attention::replace(&mut model, kernel)?;
     let layer_norm = layer_norm::replace(&mut model)?;
     let mut model = model.into_optimized()?;
