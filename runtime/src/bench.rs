@@ -32,6 +32,9 @@ pub struct BenchReport {
     pub cold_start_ms: f64,
     /// Peak resident set size of the process, MiB.
     pub peak_rss_mib: f64,
+    /// The CPU backend's micro-kernel for products and attention.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_kernel: Option<&'static str>,
     /// Time per run by kind of op, when asked for (`--ops`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<OpTime>,
@@ -96,6 +99,7 @@ pub fn run(
         throughput: (iterations * engine.batch) as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
         cold_start_ms: ms(first_result),
         peak_rss_mib: peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
+        cpu_kernel: engine.cpu_kernel.map(|k| k.name()),
         ops: Vec::new(),
     })
 }

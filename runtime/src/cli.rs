@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
+use crate::backend::cpu::Kernel;
 use crate::backend::{select_backend, Backend};
 use crate::board::{BackendChoice, Board, BoardArgs, DEVICE_BOARD_FILE};
 use crate::bundle::{Bundle, SignaturePolicy};
@@ -707,6 +708,9 @@ fn bench(args: BenchArgs, started: Instant) -> Result<()> {
         println!("  throughput   {:.1} images/s", r.throughput);
         println!("  cold start   {:.1} ms (main to first result)", r.cold_start_ms);
         println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
+        if let Some(kernel) = r.cpu_kernel {
+            println!("  cpu kernel   {kernel} (products and attention)");
+        }
         if !r.ops.is_empty() {
             println!("  by op (ms per run, nodes):");
             for op in &r.ops {
@@ -804,6 +808,13 @@ fn doctor(args: &BoardArgs) -> Result<()> {
     let store = edgevit_kernels::KernelStore::from_env();
     let cache = store.cache.as_ref().map_or("none (no HOME)".into(), |c| c.display().to_string());
     writeln!(out, "kernels   prebuilt {}, cache {cache}", store.prebuilt.display())?;
+    let cpu: Vec<&str> = Kernel::available().iter().map(|k| k.name()).collect();
+    writeln!(
+        out,
+        "cpu       {} products and attention (this CPU runs: {})",
+        Kernel::detect().name(),
+        cpu.join(", ")
+    )?;
     match crate::backend::why_not_cuda(board.as_ref()) {
         None => writeln!(out, "auto      cuda")?,
         Some(why) => writeln!(out, "auto      cpu: {why}")?,

@@ -24,6 +24,7 @@ use tract_onnx::tract_core::transform::get_transform;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::backend::cpu::pool::Pool;
+use crate::backend::cpu::Kernel;
 use crate::backend::{panic_message, Backend};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
@@ -94,6 +95,8 @@ pub struct Engine {
     pub half: bool,
     /// The matrix products' weights are Q4_0 blocks.
     pub block_quant: bool,
+    /// The micro-kernel of our CPU ops, on the CPU backend.
+    pub cpu_kernel: Option<Kernel>,
     state: Box<dyn State>,
     /// The CPU threads: tract's pool, which the whole plan runs on, and ours,
     /// which our ops split their work across ([`on_pool`]).
@@ -341,6 +344,7 @@ impl Engine {
             threads,
             half,
             block_quant,
+            cpu_kernel: (backend == Backend::Cpu).then(Kernel::detect),
             state,
             executor,
             pool,

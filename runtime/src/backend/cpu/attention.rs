@@ -111,13 +111,22 @@ impl Attention {
         let l = &*self.layout;
         let (m, n, d, e) = (l.rows.dim, l.keys.dim, l.depth.dim, l.features.dim);
         let heads = l.batch_count();
-        // Each head's K^T (d x n) and V (n x e), packed.
+        // Each head's K^T (d x n) and V (n x e), packed: from rows when their
+        // values are contiguous (as from one qkv product), else one by one.
         let pack = |b: usize| {
             let [_, ko, vo, _] = l.offsets(b);
-            let kt = PackedWeight::from_fn(self.kernel, d, n, |p, j| {
-                self.scale * k[ko + p * l.depth.k + j * l.keys.k]
-            });
-            let vp = PackedWeight::from_fn(self.kernel, n, e, |p, j| v[vo + p * l.keys.v + j * l.features.v]);
+            let kt = if l.depth.k == 1 {
+                PackedWeight::from_columns(self.kernel, d, n, self.scale, |j| &k[ko + j * l.keys.k..][..d])
+            } else {
+                PackedWeight::from_fn(self.kernel, d, n, |p, j| {
+                    self.scale * k[ko + p * l.depth.k + j * l.keys.k]
+                })
+            };
+            let vp = if l.features.v == 1 {
+                PackedWeight::from_rows(self.kernel, n, e, |j| &v[vo + j * l.keys.v..][..e])
+            } else {
+                PackedWeight::from_fn(self.kernel, n, e, |j, f| v[vo + j * l.keys.v + f * l.features.v])
+            };
             (kt, vp)
         };
         let blocks = m.div_ceil(ROW_BLOCK);
@@ -131,8 +140,11 @@ impl Attention {
             let [qo, _, _, oo] = l.offsets(b);
             let mut x = vec![0.0f32; rows.len() * d];
             for (r, row) in rows.clone().zip(x.chunks_exact_mut(d)) {
-                for (p, x) in row.iter_mut().enumerate() {
-                    *x = q[qo + r * l.rows.q + p * l.depth.q];
+                let at = qo + r * l.rows.q;
+                if l.depth.q == 1 {
+                    row.copy_from_slice(&q[at..at + d]);
+                } else {
+                    row.iter_mut().enumerate().for_each(|(p, x)| *x = q[at + p * l.depth.q]);
                 }
             }
             let mut scores = vec![0.0f32; rows.len() * n];
@@ -142,11 +154,16 @@ impl Attention {
             let mut y = vec![0.0f32; rows.len() * e];
             linear_here(&scores, vp, Activation::None, &mut y);
             for (r, row) in rows.zip(y.chunks_exact(e)) {
-                for (f, &y) in row.iter().enumerate() {
-                    // SAFETY: batch element b, row r and feature f are this
-                    // task's alone (tasks split batch elements and rows), and
-                    // inside `out`, which the layout's strides address.
-                    unsafe { *out_ptr.at(oo + r * l.rows.out + f * l.features.out) = y };
+                let at = oo + r * l.rows.out;
+                // SAFETY: batch element b, row r and its features are this
+                // task's alone (tasks split batch elements and rows), and
+                // inside `out`, which the layout's strides address.
+                unsafe {
+                    if l.features.out == 1 {
+                        std::ptr::copy_nonoverlapping(row.as_ptr(), out_ptr.at(at), e);
+                    } else {
+                        row.iter().enumerate().for_each(|(f, &y)| *out_ptr.at(at + f * l.features.out) = y);
+                    }
                 }
             }
         });

@@ -123,7 +123,7 @@ impl PackedWeight {
     /// none: zeros) for `kernel`.
     pub fn new(kernel: Kernel, weight: &[f32], k: usize, n: usize, bias: Option<&[f32]>) -> PackedWeight {
         assert_eq!(weight.len(), k * n, "the weight is not {k} x {n}");
-        let mut packed = PackedWeight::from_fn(kernel, k, n, |row, col| weight[row * n + col]);
+        let mut packed = PackedWeight::from_rows(kernel, k, n, |row| &weight[row * n..][..n]);
         if let Some(bias) = bias {
             assert_eq!(bias.len(), n, "the bias is not {n} values");
             packed.bias[..n].copy_from_slice(bias);
@@ -134,10 +134,9 @@ impl PackedWeight {
     /// Packs the `K x N` weight whose value at row `row`, column `col` is
     /// `value(row, col)`, without a bias, for `kernel`.
     pub fn from_fn(kernel: Kernel, k: usize, n: usize, value: impl Fn(usize, usize) -> f32) -> PackedWeight {
+        let mut packed = PackedWeight::zeros(kernel, k, n);
         let nr = kernel.nr();
-        let count = n.div_ceil(nr);
-        let mut panels = vec![0.0; count * k * nr];
-        for (p, panel) in panels.chunks_exact_mut(k * nr).enumerate() {
+        for (p, panel) in packed.panels.chunks_exact_mut(k * nr).enumerate() {
             let cols = nr.min(n - p * nr);
             for (row, dst) in panel.chunks_exact_mut(nr).enumerate() {
                 for (c, dst) in dst[..cols].iter_mut().enumerate() {
@@ -145,7 +144,59 @@ impl PackedWeight {
                 }
             }
         }
-        PackedWeight { kernel, k, n, panels, bias: vec![0.0; count * nr] }
+        packed
+    }
+
+    /// Packs the `K x N` weight whose column `col` (`K` values) is
+    /// `column(col)`, times `scale`, without a bias: a transpose, as of the
+    /// keys of attention.
+    pub fn from_columns<'a>(
+        kernel: Kernel,
+        k: usize,
+        n: usize,
+        scale: f32,
+        column: impl Fn(usize) -> &'a [f32],
+    ) -> PackedWeight {
+        let mut packed = PackedWeight::zeros(kernel, k, n);
+        let nr = kernel.nr();
+        for col in 0..n {
+            let panel = &mut packed.panels[col / nr * k * nr..][..k * nr];
+            for (dst, &v) in panel[col % nr..].iter_mut().step_by(nr).zip(&column(col)[..k]) {
+                *dst = v * scale;
+            }
+        }
+        packed
+    }
+
+    /// Packs the `K x N` weight whose row `row` (`N` values) is `row(row)`,
+    /// without a bias.
+    pub fn from_rows<'a>(
+        kernel: Kernel,
+        k: usize,
+        n: usize,
+        row: impl Fn(usize) -> &'a [f32],
+    ) -> PackedWeight {
+        let mut packed = PackedWeight::zeros(kernel, k, n);
+        let nr = kernel.nr();
+        for r in 0..k {
+            let src = &row(r)[..n];
+            for (p, chunk) in src.chunks(nr).enumerate() {
+                packed.panels[(p * k + r) * nr..][..chunk.len()].copy_from_slice(chunk);
+            }
+        }
+        packed
+    }
+
+    /// A `K x N` weight of zeros.
+    fn zeros(kernel: Kernel, k: usize, n: usize) -> PackedWeight {
+        let count = n.div_ceil(kernel.nr());
+        PackedWeight {
+            kernel,
+            k,
+            n,
+            panels: vec![0.0; count * k * kernel.nr()],
+            bias: vec![0.0; count * kernel.nr()],
+        }
     }
 
     fn panel_count(&self) -> usize {
@@ -748,7 +799,11 @@ fn as_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Produc
     let ones: Vec<usize> = (0..wa.len()).filter(|i| !order.contains(i)).collect();
     order.extend(ones);
     let view = konst.to_plain_array_view::<f32>()?;
-    let weight: Vec<f32> = view.permuted_axes(order).iter().copied().collect();
+    let weight: Vec<f32> = if order.iter().enumerate().all(|(i, &o)| i == o) {
+        view.as_slice().context("a constant in standard layout")?.to_vec()
+    } else {
+        view.permuted_axes(order).iter().copied().collect()
+    };
     let column_axes = oa.iter().enumerate().filter(|(_, a)| cols.contains(a)).map(|(i, _)| i).collect();
     Ok(Some(Product { weight, k, n, column_axes }))
 }
