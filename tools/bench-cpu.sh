@@ -1,64 +1,144 @@
 #!/usr/bin/env bash
-# edgevit against onnxruntime on the CPU, in one run on one machine, on the
-# very same ONNX files: ViT-Ti/16-224 with mean pooling, with a GGeM head, and
-# with a GGeM head and int8 weights; batch 1 and 8; 1 and 2 threads. Then
-# what the GGeM head costs (fused op, exported ops, mean pooling) at batch 1
-# on 1 thread, and the bundle sizes.
+# edgevit against onnxruntime on the CPU, on the very same ONNX files, in one
+# run on one machine: timm ViT-Ti/16-224 with its class-token head and with
+# a GGeM head, batch 1 and 8, 1 and 2 threads.
 #
-#   tools/bench-cpu.sh [ITERATIONS]       # default 40 (batch 8: a quarter)
+#   tools/bench-cpu.sh [ROUNDS] [ITERATIONS]    # default 3 rounds of 40 (batch 8: a quarter)
 #
-# Latency is the p50 of one run of a whole batch; ratio = edgevit / onnxruntime
-# (below 1: edgevit is faster). Models are random-weight timm exports made by
-# tools/bench/vit_ti.py into out/bench/ (not committed). edgevit is the dev
-# profile build the tests use (opt-level 2, dependencies included);
-# onnxruntime and the exporters come from models/export/requirements.txt in
-# .venv/, installed here when missing.
+# What users run is timed: the release binary. Each row runs edgevit and then
+# onnxruntime, ROUNDS times over, the rows interleaved round by round, since
+# a shared machine's speed can move by a third between two passes; a row
+# reports the medians and the median ratio (edgevit / onnxruntime, below 1:
+# edgevit is faster) with the spread of the ratio over the rounds. Then
+# parity (largest logit difference from onnxruntime on the test image), the
+# time by op, the share of the CPU's peak reached, and cold start and peak
+# memory. The markdown goes to stdout and into doc/performance.md between
+# its bench-cpu markers, with the machine named.
+#
+# Models are random-weight exports made by tools/bench/vit_ti.py into
+# out/bench/ (not committed); onnxruntime and the exporters come from
+# models/export/requirements.txt in .venv/, installed here when missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-iterations=${1:-40}
+rounds=${1:-3}
+iterations=${2:-40}
 out=out/bench
+models=(token ggem)
 
 . tools/bench/vit_ti.sh
 vit_ti_exports
-cargo build -q -p edgevit
-edgevit=target/debug/edgevit
-for model in mean ggem ggem-int8; do
+cargo build -q --release -p edgevit
+edgevit=target/release/edgevit
+for model in "${models[@]}"; do
   vit_ti_bundle $edgevit $model $out/bundle-$model
 done
 
-p50() { python3 -c "import json,sys; print('%.2f' % json.loads(sys.argv[1])['p50_ms'])" "$1"; }
-ratio() { python3 -c "import sys; print('%.2f' % (float(sys.argv[1]) / float(sys.argv[2])))" "$1" "$2"; }
-edgevit_p50() {
-  p50 "$(RUST_LOG=error $edgevit bench --json --skip-signature --warmup 3 "$@" 2>/dev/null)"
-}
-ort_p50() { p50 "$(.venv/bin/python tools/bench/ort_bench.py "$@")"; }
+field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
+edgevit_bench() { RUST_LOG=error $edgevit bench --json --skip-signature --warmup 3 "$@" 2>/dev/null; }
 
-printf '\nViT-Ti/16-224 on %s, p50 ms per batch\n' "$(nproc) cores: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-printf '%-16s %5s %7s %9s %12s %7s\n' model batch threads edgevit onnxruntime ratio
-for model in mean ggem ggem-int8; do
-  for batch in 1 8; do
-    n=$iterations
-    [ $batch = 1 ] || n=$(((iterations + 3) / 4))
-    for threads in 1 2; do
-      e=$(edgevit_p50 --bundle $out/bundle-$model --iterations $n --batch $batch --threads $threads)
-      o=$(ort_p50 $out/vit-ti-$model.onnx $threads $n $batch)
-      printf '%-16s %5s %7s %9s %12s %7s\n' "$model" $batch $threads "$e" "$o" "$(ratio "$e" "$o")"
+# samples: one line per measurement, "model batch threads round edgevit_ms ort_ms"
+samples=$(mktemp)
+trap 'rm -f "$samples"' EXIT
+for round in $(seq "$rounds"); do
+  for model in "${models[@]}"; do
+    for batch in 1 8; do
+      n=$iterations
+      [ $batch = 1 ] || n=$(((iterations + 3) / 4))
+      for threads in 1 2; do
+        e=$(field "$(edgevit_bench --bundle $out/bundle-$model --iterations $n --batch $batch --threads $threads)" p50_ms)
+        o=$(field "$(.venv/bin/python tools/bench/ort_bench.py $out/vit-ti-$model.onnx $threads $n $batch)" p50_ms)
+        echo "$model $batch $threads $round $e $o" >>"$samples"
+      done
     done
   done
+  echo "round $round of $rounds done" >&2
 done
 
-mean=$(edgevit_p50 --bundle $out/bundle-mean --iterations "$iterations" --threads 1)
-printf '\nThe GGeM head, batch 1, 1 thread (ratio = p50 / edgevit mean pooling)\n'
-printf '%-34s %9s %7s\n' configuration p50 ratio
-for row in "edgevit, mean pooling|$mean" \
-  "edgevit, GGeM fused|$(edgevit_p50 --bundle $out/bundle-ggem --iterations "$iterations" --threads 1)" \
-  "edgevit, GGeM as exported (6 ops)|$(edgevit_p50 --bundle $out/bundle-ggem --iterations "$iterations" --threads 1 --no-fusion)" \
-  "onnxruntime, mean pooling|$(ort_p50 $out/vit-ti-mean.onnx 1 "$iterations")" \
-  "onnxruntime, GGeM|$(ort_p50 $out/vit-ti-ggem.onnx 1 "$iterations")"; do
-  printf '%-34s %9s %7s\n' "${row%|*}" "${row#*|}" "$(ratio "${row#*|}" "$mean")"
+# Parity on the test image: edgevit's logits against onnxruntime's.
+parity=""
+for model in "${models[@]}"; do
+  e=$(RUST_LOG=error $edgevit classify --bundle $out/bundle-$model --skip-signature --json $out/image.png)
+  o=$(.venv/bin/python tools/bench/parity.py $out/vit-ti-$model.onnx $out/image.png 224 224)
+  parity+="$model $(python3 -c "
+import json, sys
+e, o = json.loads(sys.argv[1])['logits'], json.loads(sys.argv[2])['logits']
+print('%.1e' % max(abs(a - b) for a, b in zip(e, o)))" "$e" "$o")
+"
 done
 
-printf '\nBundle model sizes\n'
-for model in ggem ggem-int8; do
-  printf '%-16s %10s bytes\n' $model "$(stat -c %s $out/bundle-$model/model.onnx)"
-done
+ops=$(RUST_LOG=error $edgevit bench --bundle $out/bundle-token --skip-signature --iterations "$iterations" \
+  --warmup 3 --threads 1 --ops 2>/dev/null)
+cold=$(edgevit_bench --bundle $out/bundle-token --iterations 1 --warmup 0)
+
+cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+mhz=$(grep -m1 'cpu MHz' /proc/cpuinfo | cut -d: -f2 | xargs)
+flags=$(grep -m1 '^flags' /proc/cpuinfo)
+isa="AVX2 + FMA"
+case "$flags" in *avx512f*) isa="AVX-512" ;; esac
+ort=$(.venv/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
+
+table=$(python3 - "$samples" "$mhz" "$cpu" "$isa" "$ort" "$rounds" "$iterations" "$parity" "$ops" "$cold" <<'EOF'
+import json, statistics, sys
+from collections import defaultdict
+
+samples, mhz, cpu, isa, ort, rounds, iterations, parity, ops, cold = sys.argv[1:]
+rows = defaultdict(list)
+for line in open(samples):
+    model, batch, threads, _, e, o = line.split()
+    rows[(model, int(batch), int(threads))].append((float(e), float(o)))
+names = {"token": "class-token head", "ggem": "GGeM head"}
+print(f"{cpu} ({isa}), nproc 2, {float(mhz):.0f} MHz; onnxruntime {ort}; release binary; "
+      f"{rounds} rounds of {iterations} runs (batch 8: {(int(iterations) + 3) // 4}), p50 per batch.\n")
+print("| model | batch | threads | edgevit ms | onnxruntime ms | ratio, median (min-max) |")
+print("|---|---|---|---|---|---|")
+median = statistics.median
+for (model, batch, threads), s in sorted(rows.items(), key=lambda kv: (kv[0][0] != "token", kv[0][1], kv[0][2])):
+    ratios = [e / o for e, o in s]
+    print(f"| {names[model]} | {batch} | {threads} | {median(e for e, _ in s):.2f} | {median(o for _, o in s):.2f} "
+          f"| {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
+print("\nBatch 1, p50 at 2 threads over p50 at 1 thread, median over the rounds (min-max):\n")
+print("| model | edgevit | onnxruntime |")
+print("|---|---|---|")
+for model in names:
+    if (model, 1, 1) not in rows:
+        continue
+    one, two = rows[(model, 1, 1)], rows[(model, 1, 2)]
+    e = [b[0] / a[0] for a, b in zip(one, two)]
+    o = [b[1] / a[1] for a, b in zip(one, two)]
+    print(f"| {names[model]} | {median(e):.2f} ({min(e):.2f}-{max(e):.2f}) | {median(o):.2f} ({min(o):.2f}-{max(o):.2f}) |")
+# ViT-Ti/16-224 multiply-adds per image: 12 blocks of qkv, proj, fc1, fc2
+# (197 x 192 x 2304) and attention (3 heads x 197 x 197 x 128), the patch
+# embedding (196 x 768 x 192) and the head (192 x 1000).
+macs = 12 * (197 * 192 * 2304 + 3 * 197 * 197 * 128) + 196 * 768 * 192 + 192 * 1000
+peak = float(mhz) * 1e6 * 32  # 2 x 256-bit FMA per cycle: 32 FLOP per cycle
+one_e = median(e for e, _ in rows[("token", 1, 1)])
+one_o = median(o for _, o in rows[("token", 1, 1)])
+print(f"\nThe floor: {2 * macs / 1e9:.2f} GFLOP per image; at 2 x 256-bit FMA per cycle and {float(mhz):.0f} MHz one core "
+      f"peaks at {peak / 1e9:.0f} GFLOP/s, so {2 * macs / peak * 1e3:.2f} ms. Batch 1, 1 thread, class-token head: "
+      f"edgevit {2 * macs / (one_e / 1e3) / 1e9:.0f} GFLOP/s ({2 * macs / (one_e / 1e3) / peak:.0%} of that peak), "
+      f"onnxruntime {2 * macs / (one_o / 1e3) / 1e9:.0f} GFLOP/s ({2 * macs / (one_o / 1e3) / peak:.0%}).")
+print("\nLargest logit difference from onnxruntime on the test image: "
+      + ", ".join(f"{names[m]} {d}" for m, d in (l.split() for l in parity.strip().splitlines())) + ".")
+c = json.loads(cold)
+print(f"\nCold start (process start to first result) {c['cold_start_ms']:.0f} ms, peak RSS {c['peak_rss_mib']:.1f} MiB "
+      f"(class-token bundle, batch 1, 1 thread).")
+print("\nWhere the time goes, class-token head, batch 1, 1 thread (`edgevit bench --ops`):\n")
+print("```")
+print("\n".join(l for l in ops.splitlines() if l.startswith("  ")))
+print("```")
+EOF
+)
+printf '%s\n' "$table"
+
+python3 - "$table" <<'EOF'
+import re, sys
+path = "doc/performance.md"
+text = open(path).read()
+begin, end = "<!-- bench-cpu begin -->", "<!-- bench-cpu end -->"
+if begin in text and end in text:
+    text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: f"{begin}\n{sys.argv[1]}\n{end}", text, flags=re.S)
+    open(path, "w").write(text)
+    print(f"{path}: updated", file=sys.stderr)
+else:
+    print(f"{path}: no bench-cpu markers, left as it is", file=sys.stderr)
+EOF

@@ -1,8 +1,11 @@
-"""Export ViT-Ti/16-224 (timm, random weights, seed 0) with a mean-pooling head
-and with a GGeM head (3 groups = heads, p from 2 to 4), as plain
+"""Export ViT-Ti/16-224 (timm, random weights, seed 0) with timm's class-token
+head, a mean-pooling head and a GGeM head (3 groups = heads, p from 2 to 4),
+as plain
 torch.onnx.export writes them (opset 17, dynamic batch), the GGeM one also
 with int8 weights (models/export's per-channel scheme), plus ImageNet-style
-labels and one test image, into OUT.
+labels and one test image, into OUT. timm initializes every bias to 0 and
+every LayerNorm to the identity, which a trained model never is and which
+tract folds away, so those are drawn at random too (normal, std 0.02).
 
     python tools/bench/vit_ti.py OUT
 """
@@ -29,7 +32,10 @@ class Pooled(torch.nn.Module):
         self.p = torch.nn.Parameter(torch.tensor([2.0, 3.0, 4.0]))
 
     def forward(self, x):
-        tokens = self.vit.forward_features(x)[:, 1:]
+        features = self.vit.forward_features(x)
+        if self.pooling == "token":
+            return self.vit.forward_head(features)
+        tokens = features[:, 1:]
         if self.pooling == "mean":
             pooled = tokens.mean(dim=1)
         else:
@@ -41,9 +47,13 @@ class Pooled(torch.nn.Module):
 def main():
     out = Path(sys.argv[1])
     out.mkdir(parents=True, exist_ok=True)
-    for pooling in ("mean", "ggem"):
+    for pooling in ("token", "mean", "ggem"):
         torch.manual_seed(0)
         model = Pooled(pooling).eval()
+        with torch.no_grad():
+            for name, param in model.vit.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.02)
         buf = io.BytesIO()
         torch.onnx.export(model, torch.randn(1, 3, 224, 224), buf, opset_version=17, dynamo=False,
                           input_names=["image"], output_names=["logits"],

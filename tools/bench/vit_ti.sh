@@ -9,11 +9,12 @@ vit_ti_exports() {
     python3 -m venv .venv
     .venv/bin/pip install -q -r models/export/requirements.txt
   fi
-  [ -f out/bench/vit-ti-ggem-int8.onnx ] || .venv/bin/python tools/bench/vit_ti.py out/bench
+  [ -f out/bench/vit-ti-token.onnx ] && [ -f out/bench/vit-ti-ggem-int8.onnx ] ||
+    .venv/bin/python tools/bench/vit_ti.py out/bench
 }
 
 # vit_ti_bundle EDGEVIT MODEL OUT: a fresh bundle in OUT of
-# out/bench/vit-ti-MODEL.onnx (MODEL: mean, ggem or ggem-int8).
+# out/bench/vit-ti-MODEL.onnx (MODEL: token, mean, ggem or ggem-int8).
 vit_ti_bundle() {
   local precision=fp32
   [ "$2" = ggem-int8 ] && precision=int8
