@@ -496,6 +496,60 @@ mod tests {
         }
     }
 
+    /// Q as `[m, heads, d]` (query-major, as the slices of a qkv product),
+    /// K and V transposed (`[heads, d, n]` and `[heads, e, n]`), the output
+    /// `[m, heads, e]`: every value through a stride other than 1 but Q's.
+    fn strided(heads: usize, m: usize, n: usize, d: usize, e: usize) -> Layout {
+        Layout {
+            batch: vec![Axis { dim: heads, q: d, k: d * n, v: e * n, out: e }],
+            rows: Axis { dim: m, q: heads * d, k: 0, v: 0, out: heads * e },
+            keys: Axis { dim: n, q: 0, k: 1, v: 1, out: 0 },
+            depth: Axis { dim: d, q: 1, k: n, v: 0, out: 0 },
+            features: Axis { dim: e, q: 0, k: 0, v: n, out: 1 },
+            start: [0; 3],
+            out_shape: tvec![m, heads, e],
+        }
+    }
+
+    #[test]
+    fn strided_layouts_read_and_write_the_same_values() {
+        let (heads, m, n, d, e) = (3, 19, 23, 8, 5);
+        let mut rng = XorShift::new(17);
+        let mut draw = |len: usize| -> Vec<f32> { (0..len).map(|_| rng.uniform(-1.0, 1.0)).collect() };
+        let (q, k, v) = (draw(heads * m * d), draw(heads * n * d), draw(heads * n * e));
+        let kernel = Kernel::detect();
+        let mut want = vec![0.0; heads * m * e];
+        Attention { layout: Arc::new(contiguous(heads, m, n, d, e)), scale: 0.5, kernel }
+            .compute(&q, &k, &v, &mut want);
+        // The same values in the strided layout.
+        let (mut qs, mut ks, mut vs) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        for h in 0..heads {
+            for i in 0..m {
+                qs[(i * heads + h) * d..][..d].copy_from_slice(&q[(h * m + i) * d..][..d]);
+            }
+            for j in 0..n {
+                for p in 0..d {
+                    ks[(h * d + p) * n + j] = k[(h * n + j) * d + p];
+                }
+                for f in 0..e {
+                    vs[(h * e + f) * n + j] = v[(h * n + j) * e + f];
+                }
+            }
+        }
+        let mut got = vec![0.0; heads * m * e];
+        Attention { layout: Arc::new(strided(heads, m, n, d, e)), scale: 0.5, kernel }
+            .compute(&qs, &ks, &vs, &mut got);
+        for h in 0..heads {
+            for i in 0..m {
+                assert_eq!(
+                    &got[(i * heads + h) * e..][..e],
+                    &want[(h * m + i) * e..][..e],
+                    "head {h} row {i}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_kernel_matches_the_reference_per_head() {
         let pool = Arc::new(pool::Pool::new(2).unwrap());

@@ -419,6 +419,8 @@ struct Job<'a> {
     m: usize,
     weight: &'a PackedWeight,
     activation: Activation,
+    /// Added after the activation: `m` rows of `n` values (a residual connection).
+    residual: Option<&'a [f32]>,
     /// `m` rows of `n` values, written by the tasks in disjoint tiles.
     y: *mut f32,
 }
@@ -491,12 +493,33 @@ unsafe fn tile<V: Lanes, const MR: usize, const NV: usize>(
 
 impl<'a> Job<'a> {
     /// The product of `x` and `weight` into `y`, or `None` when it is empty.
-    fn new(x: &'a [f32], weight: &'a PackedWeight, activation: Activation, y: &mut [f32]) -> Option<Job<'a>> {
+    fn new(
+        x: &'a [f32],
+        weight: &'a PackedWeight,
+        activation: Activation,
+        residual: Option<&'a [f32]>,
+        y: &mut [f32],
+    ) -> Option<Job<'a>> {
         let (k, n) = (weight.k, weight.n);
         assert!(k > 0 && x.len().is_multiple_of(k), "x is not rows of {k}");
         let m = x.len() / k;
         assert_eq!(y.len(), m * n, "y is not {m} rows of {n}");
-        (m > 0 && n > 0).then_some(Job { x, m, weight, activation, y: y.as_mut_ptr() })
+        assert!(residual.is_none_or(|r| r.len() == m * n), "the residual is not {m} rows of {n}");
+        (m > 0 && n > 0).then_some(Job { x, m, weight, activation, residual, y: y.as_mut_ptr() })
+    }
+
+    /// The activation, then the residual, on `values`: row `row` of `y`
+    /// from column `col`.
+    #[inline(always)]
+    fn finish(&self, row: usize, col: usize, values: &mut [f32]) {
+        activate(self.activation, values);
+        if let Some(residual) = self.residual {
+            let n = self.weight.n;
+            let len = values.len();
+            for (v, &r) in values.iter_mut().zip(&residual[row * n + col..][..len]) {
+                *v += r;
+            }
+        }
     }
 
     /// Computes rows `rows` of `y` over panels `panels`.
@@ -537,7 +560,7 @@ impl<'a> Job<'a> {
                         let y = self.y.add(r * n + col);
                         tile::<V, MR, NV>(k, x, k, panel, bias, y, n);
                         for i in 0..MR {
-                            activate(self.activation, std::slice::from_raw_parts_mut(y.add(i * n), nr));
+                            self.finish(r + i, col, std::slice::from_raw_parts_mut(y.add(i * n), nr));
                         }
                     }
                 } else {
@@ -546,7 +569,7 @@ impl<'a> Job<'a> {
                     unsafe { tile::<V, MR, NV>(k, x, k, panel, bias, scratch.as_mut_ptr(), nr) };
                     for i in 0..count {
                         let src = &mut scratch[i * nr..i * nr + cols];
-                        activate(self.activation, src);
+                        self.finish(r + i, col, src);
                         // SAFETY: row r + i, columns col..col + cols are this task's part of y.
                         unsafe {
                             std::ptr::copy_nonoverlapping(src.as_ptr(), self.y.add((r + i) * n + col), cols)
@@ -592,10 +615,16 @@ impl<'a> Job<'a> {
     }
 }
 
-/// `y = activation(x W + b)` for `x` of `m` rows of `K`, into `y` (`m` rows
-/// of `N`), split across the current [`pool`].
-pub fn linear(x: &[f32], weight: &PackedWeight, activation: Activation, y: &mut [f32]) {
-    let Some(job) = Job::new(x, weight, activation, y) else { return };
+/// `y = activation(x W + b) + residual` for `x` of `m` rows of `K`, into `y`
+/// (`m` rows of `N`, as is the residual), split across the current [`pool`].
+pub fn linear(
+    x: &[f32],
+    weight: &PackedWeight,
+    activation: Activation,
+    residual: Option<&[f32]>,
+    y: &mut [f32],
+) {
+    let Some(job) = Job::new(x, weight, activation, residual, y) else { return };
     let panels = weight.panel_count();
     let threads = pool::threads();
     if threads == 1 {
@@ -614,7 +643,7 @@ pub fn linear(x: &[f32], weight: &PackedWeight, activation: Activation, y: &mut 
 
 /// [`linear`] on this thread alone, for ops that split their own work.
 pub fn linear_here(x: &[f32], weight: &PackedWeight, activation: Activation, y: &mut [f32]) {
-    if let Some(job) = Job::new(x, weight, activation, y) {
+    if let Some(job) = Job::new(x, weight, activation, None, y) {
         job.run_on_kernel(0..job.m, 0..weight.panel_count());
     }
 }
@@ -674,6 +703,8 @@ fn erf_f64(x: f64) -> f64 {
 pub struct Linear {
     weight: Arc<PackedWeight>,
     activation: Activation,
+    /// A second input, of the output's shape, is added last.
+    residual: bool,
     /// The output's shape: the rows' axes, then the columns'.
     shape: TVec<usize>,
 }
@@ -681,7 +712,7 @@ pub struct Linear {
 impl Linear {
     /// The product with `weight`, then `activation`, its output `shape`.
     pub fn new(weight: Arc<PackedWeight>, activation: Activation, shape: TVec<usize>) -> Linear {
-        Linear { weight, activation, shape }
+        Linear { weight, activation, residual: false, shape }
     }
 }
 
@@ -689,6 +720,7 @@ impl PartialEq for Linear {
     fn eq(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.weight, &other.weight)
             && self.activation == other.activation
+            && self.residual == other.residual
             && self.shape == other.shape
     }
 }
@@ -702,7 +734,8 @@ impl Op for Linear {
 
     fn info(&self) -> TractResult<Vec<String>> {
         let w = &self.weight;
-        Ok(vec![format!("{} x {}, {:?}, kernel {}", w.k, w.n, self.activation, w.kernel.name())])
+        let residual = if self.residual { ", + residual" } else { "" };
+        Ok(vec![format!("{} x {}, {:?}{residual}, kernel {}", w.k, w.n, self.activation, w.kernel.name())])
     }
 
     op_as_typed_op!();
@@ -712,14 +745,25 @@ impl EvalOp for Linear {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let x = args_1!(inputs);
-        let x = x.try_as_plain_ram()?;
-        let x = x.as_slice::<f32>()?;
+        ensure!(inputs.len() == 1 + self.residual as usize, "Linear takes x and, with a residual, r");
+        let x = inputs[0].try_as_plain_ram()?;
+        let residual = inputs.get(1).map(|r| r.try_as_plain_ram()).transpose()?;
+        let residual = residual.as_ref().map(|r| r.as_slice::<f32>()).transpose()?;
+        ensure!(
+            residual.is_none_or(|r| r.len() == self.shape.iter().product::<usize>()),
+            "the residual has another shape"
+        );
         // SAFETY: f32 has no invalid values, and `linear` writes every element.
         let mut y = unsafe { Tensor::uninitialized::<f32>(&self.shape)? };
         {
             let mut plain = y.try_as_plain_ram_mut()?;
-            linear(x, &self.weight, self.activation, plain.as_slice_mut::<f32>()?);
+            linear(
+                x.as_slice::<f32>()?,
+                &self.weight,
+                self.activation,
+                residual,
+                plain.as_slice_mut::<f32>()?,
+            );
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -847,6 +891,23 @@ fn bias_of(
     Ok(Some(konst.to_plain_array_view::<f32>()?.iter().copied().collect()))
 }
 
+/// The other input of `add` when it adds a tensor of `product`'s shape to
+/// its output (a residual connection).
+fn residual_of(model: &TypedModel, product: &TypedNode, add: &TypedNode) -> TractResult<Option<OutletId>> {
+    let Some(op) = add.op_as::<TypedBinOp>() else { return Ok(None) };
+    let out = OutletId::new(product.id, 0);
+    if !op.0.is::<Add>() || add.inputs.len() != 2 || !add.inputs.contains(&out) {
+        return Ok(None);
+    }
+    let other = if add.inputs[0] == out { add.inputs[1] } else { add.inputs[0] };
+    let fact = model.outlet_fact(other)?;
+    let same = fact.datum_type == f32::datum_type()
+        && fact.is_plain()
+        && fact.shape == product.outputs[0].fact.shape
+        && add.outputs[0].fact.shape == fact.shape;
+    Ok(same.then_some(other))
+}
+
 /// Whether `node` is GELU (tract's `GeluExact`, from ONNX `Gelu` or its Erf form).
 fn is_gelu(node: &TypedNode) -> bool {
     node.op_as::<ElementWiseOp>().is_some_and(|op| op.0.is::<GeluExact>())
@@ -874,11 +935,22 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
             last = next;
         }
         let shape: TVec<usize> = last.outputs[0].fact.shape.as_concrete().context("a concrete shape")?.into();
+        let mut residual = None;
+        if let Some(add) = sole_successor(model, last) {
+            residual = residual_of(model, last, add)?;
+            if residual.is_some() {
+                last = add;
+            }
+        }
         let weight = PackedWeight::new(kernel, &product.weight, product.k, product.n, bias.as_deref());
-        let op = Linear::new(Arc::new(weight), activation, shape);
+        let mut op = Linear::new(Arc::new(weight), activation, shape);
+        op.residual = residual.is_some();
         let mut patch = TypedModelPatch::default();
-        let x = patch.tap_model(model, node.inputs[0])?;
-        let y = patch.wire_node(&last.name, op, &[x])?[0];
+        let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
+        if let Some(r) = residual {
+            inputs.push(patch.tap_model(model, r)?);
+        }
+        let y = patch.wire_node(&last.name, op, &inputs)?[0];
         patch.shunt_outside(model, OutletId::new(last.id, 0), y)?;
         patch.apply(model)?;
         replaced += 1;
@@ -914,7 +986,7 @@ mod tests {
         let packed = PackedWeight::new(kernel, &w, k, n, bias);
         let mut y = vec![f32::NAN; m * n];
         let pool = Arc::new(pool::Pool::new(threads).unwrap());
-        pool.scope(|| linear(&x, &packed, activation, &mut y));
+        pool.scope(|| linear(&x, &packed, activation, None, &mut y));
         let want = reference(&x, &w, bias, k, n, activation);
         for (i, (&got, &want)) in y.iter().zip(&want).enumerate() {
             let (row, col) = (i / n, i % n);
@@ -957,10 +1029,25 @@ mod tests {
                 let packed = PackedWeight::new(kernel, &w, 64, 200, None);
                 let (mut one, mut two) = (vec![0.0; m * 200], vec![0.0; m * 200]);
                 let pool = Arc::new(pool::Pool::new(2).unwrap());
-                linear(&x, &packed, Activation::None, &mut one);
-                pool.scope(|| linear(&x, &packed, Activation::None, &mut two));
+                linear(&x, &packed, Activation::None, None, &mut one);
+                pool.scope(|| linear(&x, &packed, Activation::None, None, &mut two));
                 assert_eq!(one, two, "{}: the split changed the sums", kernel.name());
             }
+        }
+    }
+
+    #[test]
+    fn the_residual_is_added_after_the_activation() {
+        let (m, k, n) = (13, 20, 37);
+        let mut rng = XorShift::new(21);
+        let (x, w, r) = (values(&mut rng, m * k), values(&mut rng, k * n), values(&mut rng, m * n));
+        for kernel in Kernel::available() {
+            let packed = PackedWeight::new(kernel, &w, k, n, None);
+            let (mut plain, mut with) = (vec![0.0; m * n], vec![0.0; m * n]);
+            linear(&x, &packed, Activation::Gelu, None, &mut plain);
+            linear(&x, &packed, Activation::Gelu, Some(&r), &mut with);
+            let want: Vec<f32> = plain.iter().zip(&r).map(|(y, r)| y + r).collect();
+            assert_eq!(with, want, "{}", kernel.name());
         }
     }
 
