@@ -14,8 +14,9 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
-/// Lanes of the independent accumulators: one 256-bit vector of f32.
-const LANES: usize = 8;
+/// Lanes of the independent accumulators: one 512-bit vector of f32, or two
+/// 256-bit or four 128-bit ones.
+const LANES: usize = 16;
 
 /// `e^x` for `x <= 0`, within 2.5e-7 relative error for `x >= -87`, and
 /// `e^-87` below (tiny next to the row maximum's 1): Cody-Waite
@@ -105,10 +106,21 @@ fn softmax_rows_avx2(data: &mut [f32], len: usize) {
     softmax_rows_portable(data, len)
 }
 
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn softmax_rows_avx512(data: &mut [f32], len: usize) {
+    softmax_rows_portable(data, len)
+}
+
 /// Softmax of each `len`-long row of `data` in place. A row of `-inf` only, or
 /// one holding NaN, comes out NaN, as with the exported op.
 pub fn softmax_rows(data: &mut [f32], len: usize) {
     assert!(len > 0 && data.len().is_multiple_of(len), "data is not whole rows of {len}");
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f") {
+        // SAFETY: the CPU has the features the function is compiled for.
+        return unsafe { softmax_rows_avx512(data, len) };
+    }
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU has the features the function is compiled for.
