@@ -12,9 +12,11 @@
 //! keeps each tensor's strides.
 //!
 //! [`replace`] finds the `EinSum`, `Softmax`, `EinSum` chain in a decluttered
-//! model, and reads Q, K and V through the slices that split them out of
-//! one tensor, and through the scale the model multiplies Q or K by (folded
-//! into the packing of K), so that those ops and their copies go too.
+//! model, and reads Q, K and V through the slices and axis moves that split
+//! them out of one tensor and order them by head, and through the scale the
+//! model multiplies Q or K by (folded into the packing of K), and writes its
+//! output in the layout of the axis move that follows it: those ops and
+//! their copies go too.
 
 use std::sync::Arc;
 
@@ -24,6 +26,7 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::array::Slice;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
@@ -263,7 +266,7 @@ struct Roles {
 
 /// The axes of an f32 two-input `EinSum` with concrete shapes, by role, when
 /// it has exactly one row, one column and one summed axis of size > 1.
-fn roles(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Roles, [Vec<usize>; 3])>> {
+fn roles(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Roles>> {
     let Some(op) = node.op_as::<EinSum>() else { return Ok(None) };
     if op.q_params.is_some() || op.operating_dt != f32::datum_type() || node.inputs.len() != 2 {
         return Ok(None);
@@ -305,7 +308,7 @@ fn roles(model: &TypedModel, node: &TypedNode) -> TractResult<Option<(Roles, [Ve
     if rows.len() != 1 || cols.len() != 1 || sum.len() != 1 {
         return Ok(None);
     }
-    Ok(Some((Roles { batch, rows: rows[0], cols: cols[0], sum: sum[0] }, shapes)))
+    Ok(Some(Roles { batch, rows: rows[0], cols: cols[0], sum: sum[0] }))
 }
 
 /// The only consumer of `node`'s output, when the output is not the model's.
@@ -316,19 +319,21 @@ fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m Typ
         .then(|| model.node(successors[0].node))
 }
 
-/// Where an input of the products really comes from: the tensor that a
-/// `Slice` (and, for Q and K, a multiplication by a scalar constant) read,
-/// with the slice's start in it and the scale.
+/// Where an input of the products really comes from: the tensor below the
+/// views (slices, axis moves, axes of size 1 added or removed and, for Q
+/// and K, multiplications by a scalar constant) that the exporter put in
+/// between, with the view's strides in it, per axis of the input, its start
+/// and the scale.
 struct Source {
     outlet: OutletId,
-    shape: Vec<usize>,
+    strides: Vec<usize>,
     start: usize,
     scale: f32,
 }
 
-fn source(model: &TypedModel, mut outlet: OutletId, scaled: bool) -> TractResult<Source> {
-    let mut scale = 1.0;
+fn source(model: &TypedModel, outlet: OutletId, scaled: bool) -> TractResult<Source> {
     let node = model.node(outlet.node);
+    let below = |model: &TypedModel| source(model, node.inputs[0], scaled);
     if scaled && node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Mul>()) && node.inputs.len() == 2 {
         let facts = [model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?];
         let scalar = |f: &TypedFact| {
@@ -337,56 +342,112 @@ fn source(model: &TypedModel, mut outlet: OutletId, scaled: bool) -> TractResult
         if let Some(i) =
             (0..2).find(|&i| scalar(facts[i]).is_some() && facts[1 - i].shape == node.outputs[0].fact.shape)
         {
-            scale = scalar(facts[i]).expect("found above").cast_to_scalar::<f32>()?;
-            outlet = node.inputs[1 - i];
+            let mut inner = source(model, node.inputs[1 - i], scaled)?;
+            inner.scale *= scalar(facts[i]).expect("found above").cast_to_scalar::<f32>()?;
+            return Ok(inner);
         }
     }
-    let node = model.node(outlet.node);
-    if let Some(slice) = node.op_as::<Slice>() {
-        let parent = model.outlet_fact(node.inputs[0])?;
-        if let (Some(shape), Ok(start)) = (parent.shape.as_concrete(), slice.start.to_usize()) {
-            if parent.datum_type == f32::datum_type() && parent.is_plain() {
-                let start = start * strides(shape)[slice.axis];
-                return Ok(Source { outlet: node.inputs[0], shape: shape.to_vec(), start, scale });
+    if let Some(op) = node.op_as::<AxisOp>() {
+        match *op {
+            AxisOp::Move(from, to) => {
+                let mut inner = below(model)?;
+                let moved = inner.strides.remove(from);
+                inner.strides.insert(to, moved);
+                return Ok(inner);
             }
+            AxisOp::Rm(axis) => {
+                let mut inner = below(model)?;
+                inner.strides.remove(axis);
+                return Ok(inner);
+            }
+            AxisOp::Add(axis) => {
+                let mut inner = below(model)?;
+                inner.strides.insert(axis, 0);
+                return Ok(inner);
+            }
+            AxisOp::Reshape(..) => {}
         }
     }
-    let shape = model.outlet_fact(outlet)?.shape.as_concrete().context("a concrete shape")?.to_vec();
-    Ok(Source { outlet, shape, start: 0, scale })
+    if let Some(slice) = node.op_as::<Slice>() {
+        if let Ok(start) = slice.start.to_usize() {
+            let mut inner = below(model)?;
+            inner.start += start * inner.strides[slice.axis];
+            return Ok(inner);
+        }
+    }
+    let fact = model.outlet_fact(outlet)?;
+    let shape = fact.shape.as_concrete().context("a concrete shape")?;
+    ensure!(fact.datum_type == f32::datum_type() && fact.is_plain(), "attention reads f32 in memory");
+    Ok(Source { outlet, strides: strides(shape), start: 0, scale: 1.0 })
+}
+
+/// Where the output goes: the product's output, or the axis move after it
+/// (timm's transpose back to tokens x heads), written in place at its strides.
+fn destination(model: &TypedModel, product: &TypedNode) -> TractResult<(usize, Vec<usize>, TVec<usize>)> {
+    let shape = product.outputs[0].fact.shape.as_concrete().context("a concrete shape")?;
+    if let Some(next) = sole_successor(model, product) {
+        if let Some(&AxisOp::Move(from, to)) = next.op_as::<AxisOp>() {
+            let moved = next.outputs[0].fact.shape.as_concrete().context("a concrete shape")?;
+            // Axis j of the moved output is axis order[j] of the product's.
+            let mut order: Vec<usize> = (0..shape.len()).collect();
+            let axis = order.remove(from);
+            order.insert(to, axis);
+            let mut out = vec![0; shape.len()];
+            for (j, &stride) in strides(moved).iter().enumerate() {
+                out[order[j]] = stride;
+            }
+            return Ok((next.id, out, moved.into()));
+        }
+    }
+    Ok((product.id, strides(shape), shape.into()))
 }
 
 /// The attention that starts at `scores` (the Q K^T product), when the
 /// chain is scores -> softmax over the keys -> product with V over the keys.
+/// Returns the op, its inputs and the node whose output it replaces.
 fn attention_at(
     model: &TypedModel,
     scores: &TypedNode,
     kernel: Kernel,
-) -> TractResult<Option<(Attention, [OutletId; 3])>> {
-    let Some((qk, _)) = roles(model, scores)? else { return Ok(None) };
+) -> TractResult<Option<(Attention, [OutletId; 3], usize)>> {
+    let Some(qk) = roles(model, scores)? else { return Ok(None) };
     let Some(softmax) = sole_successor(model, scores) else { return Ok(None) };
     let Some(op) = softmax.op_as::<Softmax>() else { return Ok(None) };
     let keys_at = qk.cols.1[2].expect("a column axis is in the output");
     if op.kind != SoftmaxKind::Softmax || op.quant_output_dt.is_some() || op.axes.as_slice() != [keys_at] {
         return Ok(None);
     }
-    let Some(pv_node) = sole_successor(model, softmax) else { return Ok(None) };
-    let Some((pv, pv_shapes)) = roles(model, pv_node)? else { return Ok(None) };
+    let rows_at = qk.rows.1[2].expect("a row axis is in the output");
+    let Some(mut pv_node) = sole_successor(model, softmax) else { return Ok(None) };
+    // tract pushes a slice of the output's tokens (a mean over the patches
+    // without the class token) up to the probabilities: then only those
+    // query rows are computed.
+    let mut first_row = 0;
+    if let Some(slice) = pv_node.op_as::<Slice>() {
+        let (Ok(start), true) = (slice.start.to_usize(), slice.axis == rows_at) else { return Ok(None) };
+        first_row = start;
+        let Some(next) = sole_successor(model, pv_node) else { return Ok(None) };
+        pv_node = next;
+    }
+    let Some(pv) = roles(model, pv_node)? else { return Ok(None) };
     // The second product takes the probabilities as its first input, sums
     // over the keys, keeps the query rows and the batch axes where the
     // scores have them.
-    let rows_at = qk.rows.1[2].expect("a row axis is in the output");
-    if pv_node.inputs[0] != OutletId::new(softmax.id, 0)
+    let probabilities = if first_row > 0 { pv_node.inputs[0].node } else { softmax.id };
+    if pv_node.inputs[0] != OutletId::new(probabilities, 0)
         || pv.sum.1[0] != Some(keys_at)
         || pv.rows.1[0] != Some(rows_at)
         || pv.batch.len() != qk.batch.len()
+        || first_row + pv.rows.0 > qk.rows.0
     {
         return Ok(None);
     }
-    let q = source(model, scores.inputs[0], true)?;
+    let mut q = source(model, scores.inputs[0], true)?;
+    q.start += first_row * qk.rows.1[0].map_or(0, |p| q.strides[p]);
     let k = source(model, scores.inputs[1], true)?;
     let v = source(model, pv_node.inputs[1], false)?;
-    let [qs, ks, vs] = [&q.shape, &k.shape, &v.shape].map(|s| strides(s));
-    let os = strides(&pv_shapes[2]);
+    let (last, os, out_shape) = destination(model, pv_node)?;
+    let [qs, ks, vs] = [&q.strides, &k.strides, &v.strides];
     let stride = |strides: &[usize], at: Option<usize>| at.map_or(0, |p| strides[p]);
     let mut batch = Vec::new();
     for &(_, dim, at) in &qk.batch {
@@ -399,44 +460,38 @@ fn attention_at(
         }
         batch.push(Axis {
             dim,
-            q: stride(&qs, at[0]),
-            k: stride(&ks, at[1]),
-            v: stride(&vs, pv_at[1]),
+            q: stride(qs, at[0]),
+            k: stride(ks, at[1]),
+            v: stride(vs, pv_at[1]),
             out: stride(&os, pv_at[2]),
         });
     }
     let layout = Layout {
         batch,
         rows: Axis {
-            dim: qk.rows.0,
-            q: stride(&qs, qk.rows.1[0]),
+            dim: pv.rows.0,
+            q: stride(qs, qk.rows.1[0]),
             k: 0,
             v: 0,
             out: stride(&os, pv.rows.1[2]),
         },
-        keys: Axis {
-            dim: qk.cols.0,
-            q: 0,
-            k: stride(&ks, qk.cols.1[1]),
-            v: stride(&vs, pv.sum.1[1]),
-            out: 0,
-        },
-        depth: Axis { dim: qk.sum.0, q: stride(&qs, qk.sum.1[0]), k: stride(&ks, qk.sum.1[1]), v: 0, out: 0 },
+        keys: Axis { dim: qk.cols.0, q: 0, k: stride(ks, qk.cols.1[1]), v: stride(vs, pv.sum.1[1]), out: 0 },
+        depth: Axis { dim: qk.sum.0, q: stride(qs, qk.sum.1[0]), k: stride(ks, qk.sum.1[1]), v: 0, out: 0 },
         features: Axis {
             dim: pv.cols.0,
             q: 0,
             k: 0,
-            v: stride(&vs, pv.cols.1[1]),
+            v: stride(vs, pv.cols.1[1]),
             out: stride(&os, pv.cols.1[2]),
         },
         start: [q.start, k.start, v.start],
-        out_shape: pv_shapes[2].iter().copied().collect(),
+        out_shape,
     };
     if layout.keys.dim != pv.sum.0 {
         return Ok(None);
     }
     let op = Attention { layout: Arc::new(layout), scale: q.scale * k.scale, kernel };
-    Ok(Some((op, [q.outlet, k.outlet, v.outlet])))
+    Ok(Some((op, [q.outlet, k.outlet, v.outlet], last)))
 }
 
 /// Replaces each attention (see the module's doc) in a decluttered model by
@@ -444,17 +499,14 @@ fn attention_at(
 pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
-        let Some((op, sources)) = attention_at(model, model.node(id), kernel)? else { continue };
-        let pv = sole_successor(model, sole_successor(model, model.node(id)).expect("the softmax"))
-            .expect("the second product")
-            .id;
+        let Some((op, sources, last)) = attention_at(model, model.node(id), kernel)? else { continue };
         let mut patch = TypedModelPatch::default();
         let mut inputs = TVec::new();
         for outlet in sources {
             inputs.push(patch.tap_model(model, outlet)?);
         }
-        let y = patch.wire_node(&model.node(pv).name, op, &inputs)?[0];
-        patch.shunt_outside(model, OutletId::new(pv, 0), y)?;
+        let y = patch.wire_node(&model.node(last).name, op, &inputs)?[0];
+        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
         patch.apply(model)?;
         replaced += 1;
     }
