@@ -24,7 +24,7 @@ use std::sync::OnceLock;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::array::Slice;
+use tract_onnx::tract_core::ops::array::{Gather, Slice};
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::einsum::EinSum;
@@ -331,20 +331,31 @@ struct Source {
     scale: f32,
 }
 
+/// The scalar constant `node` multiplies `x` by, when it is such a
+/// multiplication keeping `x`'s shape.
+fn scalar_factor(model: &TypedModel, node: &TypedNode, x: OutletId) -> TractResult<Option<f32>> {
+    if !node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Mul>()) || node.inputs.len() != 2 {
+        return Ok(None);
+    }
+    let Some(&other) = node.inputs.iter().find(|&&i| i != x) else { return Ok(None) };
+    let konst = model.outlet_fact(other)?.konst.clone();
+    let Some(k) = konst.filter(|k| k.datum_type() == f32::datum_type() && k.len() == 1) else {
+        return Ok(None);
+    };
+    let keeps_shape = node.inputs.contains(&x) && model.outlet_fact(x)?.shape == node.outputs[0].fact.shape;
+    keeps_shape.then(|| k.cast_to_scalar::<f32>()).transpose()
+}
+
 fn source(model: &TypedModel, outlet: OutletId, scaled: bool) -> TractResult<Source> {
     let node = model.node(outlet.node);
     let below = |model: &TypedModel| source(model, node.inputs[0], scaled);
-    if scaled && node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<Mul>()) && node.inputs.len() == 2 {
-        let facts = [model.outlet_fact(node.inputs[0])?, model.outlet_fact(node.inputs[1])?];
-        let scalar = |f: &TypedFact| {
-            f.konst.as_ref().filter(|k| k.datum_type() == f32::datum_type() && k.len() == 1).cloned()
-        };
-        if let Some(i) =
-            (0..2).find(|&i| scalar(facts[i]).is_some() && facts[1 - i].shape == node.outputs[0].fact.shape)
-        {
-            let mut inner = source(model, node.inputs[1 - i], scaled)?;
-            inner.scale *= scalar(facts[i]).expect("found above").cast_to_scalar::<f32>()?;
-            return Ok(inner);
+    if scaled && node.op_as::<TypedBinOp>().is_some() {
+        for &x in &node.inputs {
+            if let Some(scale) = scalar_factor(model, node, x)? {
+                let mut inner = source(model, x, scaled)?;
+                inner.scale *= scale;
+                return Ok(inner);
+            }
         }
     }
     if let Some(op) = node.op_as::<AxisOp>() {
@@ -373,6 +384,20 @@ fn source(model: &TypedModel, outlet: OutletId, scaled: bool) -> TractResult<Sou
             let mut inner = below(model)?;
             inner.start += start * inner.strides[slice.axis];
             return Ok(inner);
+        }
+    }
+    // One index taken on an axis (q, k, v = qkv[0], qkv[1], qkv[2]).
+    if let Some(gather) = node.op_as::<Gather>() {
+        let index = model.outlet_fact(node.inputs[1])?.konst.clone();
+        if let Some(index) = index.filter(|i| i.rank() == 0) {
+            if let Ok(index) = index.cast_to_scalar::<i64>() {
+                let mut inner = below(model)?;
+                let dim = model.outlet_fact(node.inputs[0])?.shape[gather.axis].to_i64()?;
+                let index = if index < 0 { index + dim } else { index };
+                ensure!((0..dim).contains(&index), "gather index {index} out of 0..{dim}");
+                inner.start += index as usize * inner.strides.remove(gather.axis);
+                return Ok(inner);
+            }
         }
     }
     let fact = model.outlet_fact(outlet)?;
@@ -411,7 +436,14 @@ fn attention_at(
     kernel: Kernel,
 ) -> TractResult<Option<(Attention, [OutletId; 3], usize)>> {
     let Some(qk) = roles(model, scores)? else { return Ok(None) };
-    let Some(softmax) = sole_successor(model, scores) else { return Ok(None) };
+    let Some(mut softmax) = sole_successor(model, scores) else { return Ok(None) };
+    // A scale of the scores before their softmax (instead of Q's or K's).
+    let mut score_scale = 1.0;
+    if let Some(scale) = scalar_factor(model, softmax, OutletId::new(scores.id, 0))? {
+        score_scale = scale;
+        let Some(next) = sole_successor(model, softmax) else { return Ok(None) };
+        softmax = next;
+    }
     let Some(op) = softmax.op_as::<Softmax>() else { return Ok(None) };
     let keys_at = qk.cols.1[2].expect("a column axis is in the output");
     if op.kind != SoftmaxKind::Softmax || op.quant_output_dt.is_some() || op.axes.as_slice() != [keys_at] {
@@ -490,7 +522,7 @@ fn attention_at(
     if layout.keys.dim != pv.sum.0 {
         return Ok(None);
     }
-    let op = Attention { layout: Arc::new(layout), scale: q.scale * k.scale, kernel };
+    let op = Attention { layout: Arc::new(layout), scale: q.scale * k.scale * score_scale, kernel };
     Ok(Some((op, [q.outlet, k.outlet, v.outlet], last)))
 }
 
