@@ -8,8 +8,12 @@
   timm-vit/     a timm ViT exported by plain torch.onnx.export (random weights,
                 2 blocks instead of 12 to stay small, dynamic batch), an RGB
                 test image and onnxruntime's logits for it
+  vit-heads/    small timm ViTs (2 blocks, 48 channels, 3 heads, 197 tokens)
+                with each head users export: timm's class token, mean
+                pooling, GGeM; random biases and LayerNorm weights; and
+                onnxruntime's logits for the timm-vit test image
 
-    python models/export/fixtures.py
+    python models/export/fixtures.py [NAME...]    # all, or: ggem preprocess timm-vit vit-heads
 """
 
 import io
@@ -81,6 +85,52 @@ def timm_vit():
                                                     "onnxruntime": ort.__version__}, indent=1) + "\n")
 
 
+class Headed(torch.nn.Module):
+    """A small timm ViT with a class-token, mean or GGeM (3 groups) head."""
+
+    def __init__(self, head):
+        super().__init__()
+        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, embed_dim=48,
+                                     num_heads=3, num_classes=10)
+        self.head = head
+        self.p = torch.nn.Parameter(torch.tensor([2.0, 3.0, 4.0]))
+
+    def forward(self, x):
+        features = self.vit.forward_features(x)
+        if self.head == "token":
+            return self.vit.forward_head(features)
+        tokens = features[:, 1:]
+        if self.head == "mean":
+            pooled = tokens.mean(dim=1)
+        else:
+            p = self.p.repeat_interleave(tokens.shape[-1] // 3)
+            pooled = tokens.clamp(min=1e-6).pow(p).mean(dim=1).pow(1.0 / p)
+        return self.vit.head(pooled)
+
+
+def vit_heads():
+    image = DATA / "timm-vit" / "image.png"
+    x = preprocess(load(image), 224, 224, 3, IMAGENET_MEAN, IMAGENET_STD)[None]
+    for head in ("token", "mean", "ggem"):
+        out = DATA / "vit-heads" / head
+        out.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(0)
+        model = Headed(head).eval()
+        with torch.no_grad():
+            for name, param in model.vit.named_parameters():
+                if name.endswith("bias") or "norm" in name:
+                    param.add_(torch.randn_like(param) * 0.02)
+        buf = io.BytesIO()
+        torch.onnx.export(model, torch.randn(1, 3, 224, 224), buf, opset_version=17, dynamo=False,
+                          input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+        (out / "model.onnx").write_bytes(buf.getvalue())
+        sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+        logits = sess.run(None, {"input": x})[0][0]
+        (out / "expected.json").write_text(json.dumps({"onnxruntime_logits": logits.tolist(),
+                                                        "onnxruntime": ort.__version__}, indent=1) + "\n")
+
+
 class GeMGroups(torch.nn.Module):
     """GGeM as a user would write it: p per group, expanded to channels in forward."""
 
@@ -139,6 +189,8 @@ def ggem_exports():
 
 
 if __name__ == "__main__":
-    ggem_exports()
-    preprocess_cases()
-    timm_vit()
+    import sys
+
+    fixtures = {"ggem": ggem_exports, "preprocess": preprocess_cases, "timm-vit": timm_vit, "vit-heads": vit_heads}
+    for name in sys.argv[1:] or fixtures:
+        fixtures[name]()

@@ -109,6 +109,33 @@ fn create_from_a_timm_vit_matches_onnxruntime() {
     assert_matches_onnxruntime(&bundle, &trust, &data);
 }
 
+/// Issue 14: ViTs with each head users export (timm's class token, mean
+/// pooling, GGeM), with random biases and LayerNorm weights, run on our CPU
+/// ops alone (no tract product, softmax or lowered LayerNorm is left) and
+/// match onnxruntime, on one thread and on two.
+#[test]
+fn issue_14_vits_with_each_head_run_on_our_ops_and_match_onnxruntime() {
+    for head in ["token", "mean", "ggem"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = repo("tests/data/vit-heads").join(head);
+        let (bundle, trust) = timm_bundle(tmp.path(), &data);
+        assert_matches_onnxruntime(&bundle, &trust, &data);
+        for threads in ["1", "2"] {
+            let args = ["--iterations", "2", "--warmup", "0", "--threads", threads, "--ops"];
+            let run =
+                edgevit([&["bench", "--json", "--bundle", &bundle, "--trust", &trust][..], &args].concat());
+            let r = &run.ok().json_lines()[0];
+            let ops = r["ops"].as_array().unwrap();
+            let count = |name: &str| ops.iter().find(|o| o["op"] == name).and_then(|o| o["count"].as_u64());
+            // 2 blocks: 2 attentions; norm1 and norm2 of each and the final norm.
+            assert_eq!((count("Attention"), count("LayerNorm")), (Some(2), Some(5)), "{head}: {r}");
+            for tract in ["OptMatMul", "RowSoftmax", "Softmax", "RmsNorm"] {
+                assert_eq!(count(tract), None, "{head}: {tract} left in the plan: {r}");
+            }
+        }
+    }
+}
+
 /// Issue 16: the same export after ONNX shape inference names the batch on
 /// every intermediate tensor's value_info; pinning the input to batch 1 (or
 /// 4) must not contradict it.
