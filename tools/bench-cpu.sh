@@ -29,16 +29,16 @@ models=(token ggem)
 vit_ti_exports
 cargo build -q --release -p edgevit
 edgevit=target/release/edgevit
-for model in "${models[@]}"; do
+for model in "${models[@]}" mean; do
   vit_ti_bundle $edgevit $model $out/bundle-$model
 done
 
 field() { python3 -c "import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])" "$1" "$2"; }
 edgevit_bench() { RUST_LOG=error $edgevit bench --json --skip-signature --warmup 3 "$@" 2>/dev/null; }
 
-# samples: one line per measurement, "model batch threads round edgevit_ms ort_ms"
-samples=$(mktemp)
-trap 'rm -f "$samples"' EXIT
+# One line per measurement: "model batch threads round edgevit_ms ort_ms".
+samples=$out/cpu-samples.txt
+: >"$samples"
 for round in $(seq "$rounds"); do
   for model in "${models[@]}"; do
     for batch in 1 8; do
@@ -66,9 +66,23 @@ print('%.1e' % max(abs(a - b) for a, b in zip(e, o)))" "$e" "$o")
 "
 done
 
+# What the GGeM head costs, batch 1, 1 thread, one pass: "label p50" lines.
+head_rows=""
+for row in "edgevit, mean pooling|bundle-mean|" "edgevit, GGeM fused|bundle-ggem|" \
+  "edgevit, GGeM as exported (6 ops)|bundle-ggem|--no-fusion"; do
+  IFS='|' read -r label bundle flag <<<"$row"
+  # shellcheck disable=SC2086 # an empty flag is no argument
+  p=$(field "$(edgevit_bench --bundle $out/$bundle --iterations "$iterations" --threads 1 $flag)" p50_ms)
+  head_rows+="$label|$p"$'\n'
+done
+for model in mean ggem; do
+  p=$(field "$(.venv/bin/python tools/bench/ort_bench.py $out/vit-ti-$model.onnx 1 "$iterations" 1)" p50_ms)
+  head_rows+="onnxruntime, $([ $model = mean ] && echo mean pooling || echo GGeM)|$p"$'\n'
+done
+
 ops=$(RUST_LOG=error $edgevit bench --bundle $out/bundle-token --skip-signature --iterations "$iterations" \
   --warmup 3 --threads 1 --ops 2>/dev/null)
-cold=$(edgevit_bench --bundle $out/bundle-token --iterations 1 --warmup 0)
+cold=$(RUST_LOG=error $edgevit bench --json --skip-signature --bundle $out/bundle-token --iterations 1 --warmup 0)
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 mhz=$(grep -m1 'cpu MHz' /proc/cpuinfo | cut -d: -f2 | xargs)
@@ -77,11 +91,11 @@ isa="AVX2 + FMA"
 case "$flags" in *avx512f*) isa="AVX-512" ;; esac
 ort=$(.venv/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
 
-table=$(python3 - "$samples" "$mhz" "$cpu" "$isa" "$ort" "$rounds" "$iterations" "$parity" "$ops" "$cold" <<'EOF'
+table=$(python3 - "$samples" "$mhz" "$cpu" "$isa" "$ort" "$rounds" "$iterations" "$parity" "$ops" "$cold" "$head_rows" <<'EOF'
 import json, statistics, sys
 from collections import defaultdict
 
-samples, mhz, cpu, isa, ort, rounds, iterations, parity, ops, cold = sys.argv[1:]
+samples, mhz, cpu, isa, ort, rounds, iterations, parity, ops, cold, head_rows = sys.argv[1:]
 rows = defaultdict(list)
 for line in open(samples):
     model, batch, threads, _, e, o = line.split()
@@ -106,17 +120,28 @@ for model in names:
     e = [b[0] / a[0] for a, b in zip(one, two)]
     o = [b[1] / a[1] for a, b in zip(one, two)]
     print(f"| {names[model]} | {median(e):.2f} ({min(e):.2f}-{max(e):.2f}) | {median(o):.2f} ({min(o):.2f}-{max(o):.2f}) |")
+heads = [l.split("|") for l in head_rows.strip().splitlines()]
+mean = float(heads[0][1])
+print("\nThe GGeM head, batch 1, 1 thread, one pass (ratio = p50 / edgevit with mean pooling):\n")
+print("| configuration | p50 ms | ratio |")
+print("|---|---|---|")
+for label, p in heads:
+    print(f"| {label} | {float(p):.2f} | {float(p) / mean:.2f} |")
 # ViT-Ti/16-224 multiply-adds per image: 12 blocks of qkv, proj, fc1, fc2
 # (197 x 192 x 2304) and attention (3 heads x 197 x 197 x 128), the patch
 # embedding (196 x 768 x 192) and the head (192 x 1000).
 macs = 12 * (197 * 192 * 2304 + 3 * 197 * 197 * 128) + 196 * 768 * 192 + 192 * 1000
-peak = float(mhz) * 1e6 * 32  # 2 x 256-bit FMA per cycle: 32 FLOP per cycle
+flop = 2 * macs
 one_e = median(e for e, _ in rows[("token", 1, 1)])
 one_o = median(o for _, o in rows[("token", 1, 1)])
-print(f"\nThe floor: {2 * macs / 1e9:.2f} GFLOP per image; at 2 x 256-bit FMA per cycle and {float(mhz):.0f} MHz one core "
-      f"peaks at {peak / 1e9:.0f} GFLOP/s, so {2 * macs / peak * 1e3:.2f} ms. Batch 1, 1 thread, class-token head: "
-      f"edgevit {2 * macs / (one_e / 1e3) / 1e9:.0f} GFLOP/s ({2 * macs / (one_e / 1e3) / peak:.0%} of that peak), "
-      f"onnxruntime {2 * macs / (one_o / 1e3) / 1e9:.0f} GFLOP/s ({2 * macs / (one_o / 1e3) / peak:.0%}).")
+print(f"\nThe floor: {flop / 1e9:.2f} GFLOP per image. At the reported {float(mhz):.0f} MHz one core peaks at "
+      f"{float(mhz) * 32 / 1e3:.0f} GFLOP/s with 2 x 256-bit FMA per cycle"
+      + (f" and {float(mhz) * 64 / 1e3:.0f} with 2 x 512-bit" if isa == "AVX-512" else "")
+      + " (turbo clocks can pass both). Batch 1, 1 thread, class-token head:")
+for name, ms in (("edgevit", one_e), ("onnxruntime", one_o)):
+    rate = flop / (ms / 1e3)
+    wide = f", {rate / (float(mhz) * 64e6):.0%} of 512-bit" if isa == "AVX-512" else ""
+    print(f"{name} {rate / 1e9:.0f} GFLOP/s ({rate / (float(mhz) * 32e6):.0%} of the 256-bit peak{wide});")
 print("\nLargest logit difference from onnxruntime on the test image: "
       + ", ".join(f"{names[m]} {d}" for m, d in (l.split() for l in parity.strip().splitlines())) + ".")
 c = json.loads(cold)
