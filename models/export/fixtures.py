@@ -27,6 +27,7 @@ import timm
 import torch
 from PIL import Image
 
+from heads import headed
 from preprocess import load, preprocess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,41 +86,13 @@ def timm_vit():
                                                     "onnxruntime": ort.__version__}, indent=1) + "\n")
 
 
-class Headed(torch.nn.Module):
-    """A small timm ViT with a class-token, mean or GGeM (3 groups) head."""
-
-    def __init__(self, head):
-        super().__init__()
-        self.vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, depth=2, embed_dim=48,
-                                     num_heads=3, num_classes=10)
-        self.head = head
-        self.p = torch.nn.Parameter(torch.tensor([2.0, 3.0, 4.0]))
-
-    def forward(self, x):
-        features = self.vit.forward_features(x)
-        if self.head == "token":
-            return self.vit.forward_head(features)
-        tokens = features[:, 1:]
-        if self.head == "mean":
-            pooled = tokens.mean(dim=1)
-        else:
-            p = self.p.repeat_interleave(tokens.shape[-1] // 3)
-            pooled = tokens.clamp(min=1e-6).pow(p).mean(dim=1).pow(1.0 / p)
-        return self.vit.head(pooled)
-
-
 def vit_heads():
     image = DATA / "timm-vit" / "image.png"
     x = preprocess(load(image), 224, 224, 3, IMAGENET_MEAN, IMAGENET_STD)[None]
     for head in ("token", "mean", "ggem"):
         out = DATA / "vit-heads" / head
         out.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(0)
-        model = Headed(head).eval()
-        with torch.no_grad():
-            for name, param in model.vit.named_parameters():
-                if name.endswith("bias") or "norm" in name:
-                    param.add_(torch.randn_like(param) * 0.02)
+        model = headed(head, depth=2, embed_dim=48, num_heads=3, num_classes=10)
         buf = io.BytesIO()
         torch.onnx.export(model, torch.randn(1, 3, 224, 224), buf, opset_version=17, dynamo=False,
                           input_names=["input"], output_names=["output"],

@@ -32,8 +32,8 @@ use tract_onnx::tract_core::ops::math::Mul;
 use tract_onnx::tract_core::ops::nn::{Softmax, SoftmaxKind};
 
 use super::linear::{linear_here, Activation, Kernel, PackedWeight};
-use super::pool;
 use super::softmax::softmax_rows;
+use super::{pool, sole_successor, splice};
 
 /// Query rows a task takes at a time: their scores (`ROW_BLOCK x N`) stay in
 /// L2 between the two products.
@@ -311,14 +311,6 @@ fn roles(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Roles>> {
     Ok(Some(Roles { batch, rows: rows[0], cols: cols[0], sum: sum[0] }))
 }
 
-/// The only consumer of `node`'s output, when the output is not the model's.
-fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
-    let outlet = OutletId::new(node.id, 0);
-    let successors = model.outlet_successors(outlet);
-    (successors.len() == 1 && successors[0].slot == 0 && !model.outputs.contains(&outlet))
-        .then(|| model.node(successors[0].node))
-}
-
 /// Where an input of the products really comes from: the tensor below the
 /// views (slices, axis moves, axes of size 1 added or removed and, for Q
 /// and K, multiplications by a scalar constant) that the exporter put in
@@ -532,14 +524,7 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in model.eval_order()? {
         let Some((op, sources, last)) = attention_at(model, model.node(id), kernel)? else { continue };
-        let mut patch = TypedModelPatch::default();
-        let mut inputs = TVec::new();
-        for outlet in sources {
-            inputs.push(patch.tap_model(model, outlet)?);
-        }
-        let y = patch.wire_node(&model.node(last).name, op, &inputs)?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
-        patch.apply(model)?;
+        splice(model, &sources, op, last)?;
         replaced += 1;
     }
     Ok(replaced)

@@ -21,6 +21,8 @@ use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Add, Mul, Sub};
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
+use super::{sole_successor, splice};
+
 /// Lanes of the independent accumulators: one 256-bit vector of f32.
 const LANES: usize = 8;
 
@@ -133,13 +135,6 @@ impl TypedOp for LayerNorm {
     as_op!();
 }
 
-/// The only consumer of `node`'s output, when the output is not the model's.
-fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
-    let outlet = OutletId::new(node.id, 0);
-    let successors = model.outlet_successors(outlet);
-    (successors.len() == 1 && !model.outputs.contains(&outlet)).then(|| model.node(successors[0].node))
-}
-
 /// The node's binary op when it is `B` (`Add`, `Mul`, `Sub`).
 fn is_binary<B: BinMiniOp>(node: &TypedNode) -> bool {
     node.op_as::<TypedBinOp>().is_some_and(|op| op.0.is::<B>()) && node.inputs.len() == 2
@@ -230,11 +225,7 @@ pub fn replace(model: &mut TypedModel) -> TractResult<usize> {
     for id in model.eval_order()? {
         let Some((op, last)) = layer_norm_at(model, model.node(id))? else { continue };
         let x = model.node(id).inputs[0];
-        let mut patch = TypedModelPatch::default();
-        let tapped = patch.tap_model(model, x)?;
-        let y = patch.wire_node(&model.node(last).name, op, &[tapped])?[0];
-        patch.shunt_outside(model, OutletId::new(last, 0), y)?;
-        patch.apply(model)?;
+        splice(model, &[x], op, last)?;
         replaced += 1;
     }
     Ok(replaced)

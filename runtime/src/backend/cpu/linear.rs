@@ -36,8 +36,8 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::GeluExact;
 
-use super::pool;
 use super::softmax::exp_neg;
+use super::{pool, sole_successor, splice};
 
 /// The micro-kernels, by instruction set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -917,14 +917,6 @@ fn as_product(model: &TypedModel, node: &TypedNode) -> TractResult<Option<Produc
     Ok(Some(Product { weight, k, n, column_axes }))
 }
 
-/// The only consumer of `node`'s output when it has one and the output is
-/// not the model's.
-fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
-    let outlet = OutletId::new(node.id, 0);
-    let successors = model.outlet_successors(outlet);
-    (successors.len() == 1 && !model.outputs.contains(&outlet)).then(|| model.node(successors[0].node))
-}
-
 /// The bias `add` adds to `product`'s output, when it is a constant over the
 /// columns only and the sum keeps the product's shape.
 fn bias_of(
@@ -1010,14 +1002,8 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
         let weight = PackedWeight::new(kernel, &product.weight, product.k, product.n, bias.as_deref());
         let mut op = Linear::new(Arc::new(weight), activation, shape);
         op.residual = residual.is_some();
-        let mut patch = TypedModelPatch::default();
-        let mut inputs = tvec![patch.tap_model(model, node.inputs[0])?];
-        if let Some(r) = residual {
-            inputs.push(patch.tap_model(model, r)?);
-        }
-        let y = patch.wire_node(&last.name, op, &inputs)?[0];
-        patch.shunt_outside(model, OutletId::new(last.id, 0), y)?;
-        patch.apply(model)?;
+        let inputs: Vec<OutletId> = [node.inputs[0]].into_iter().chain(residual).collect();
+        splice(model, &inputs, op, last.id)?;
         replaced += 1;
     }
     Ok(replaced)

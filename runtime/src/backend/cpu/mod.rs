@@ -22,6 +22,32 @@ pub mod softmax;
 
 pub use linear::Kernel;
 
+/// The only consumer of `node`'s output, when it has one and the output is
+/// not the model's: a node that can be folded into the op before it.
+fn sole_successor<'m>(model: &'m TypedModel, node: &TypedNode) -> Option<&'m TypedNode> {
+    let outlet = OutletId::new(node.id, 0);
+    let successors = model.outlet_successors(outlet);
+    (successors.len() == 1 && !model.outputs.contains(&outlet)).then(|| model.node(successors[0].node))
+}
+
+/// Puts `op` of `inputs` in place of the output of node `last`, under its
+/// name; the nodes it replaces are left for the optimizer to prune.
+fn splice(
+    model: &mut TypedModel,
+    inputs: &[OutletId],
+    op: impl Into<Box<dyn TypedOp>>,
+    last: usize,
+) -> TractResult<()> {
+    let mut patch = TypedModelPatch::default();
+    let mut tapped = TVec::new();
+    for &input in inputs {
+        tapped.push(patch.tap_model(model, input)?);
+    }
+    let y = patch.wire_node(&model.node(last).name, op, &tapped)?[0];
+    patch.shunt_outside(model, OutletId::new(last, 0), y)?;
+    patch.apply(model)
+}
+
 /// Declutters `model`, puts our ops in, optimizes the rest and plans it.
 ///
 /// The declutter leaves out tract's axis-change pass: in a mean-pooled ViT
