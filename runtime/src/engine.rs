@@ -44,7 +44,7 @@ pub struct EngineOptions {
     pub backend: Backend,
     /// Replace each GGeM head by one fused op (see [`crate::ggem`]).
     pub fuse_ggem: bool,
-    /// CPU threads for matrix products and softmax; 0 means every core.
+    /// CPU threads running the network (ours and tract's ops); 0 means every core.
     pub threads: usize,
     /// Images per run. The camera loop classifies one; `bench` measures more.
     pub batch: usize,

@@ -1,5 +1,5 @@
-//! Products with a constant weight, `y = x W + b` and GELU where one follows,
-//! as one op of the CPU plan.
+//! Products with a constant weight, `y = x W + b`, with the GELU and the
+//! residual add that follow, as one op of the CPU plan.
 //!
 //! tract packs both operands of every product at run time: the weight once,
 //! and the activations before each product, with a transpose that it
@@ -9,9 +9,9 @@
 //! activations in place: the micro-kernel broadcasts one value of each of
 //! `MR` rows and multiplies it into `NR` columns of the panel, so a tile of
 //! `MR x NR` sums stays in registers for the whole of `K`. The bias is the
-//! sums' starting value, and GELU is applied to each tile while it is still
-//! in L1. Tiles are split across the engine's threads along `N` (one image)
-//! and along rows (a batch).
+//! sums' starting value; GELU and the residual are applied to each tile
+//! while it is still in L1. Work is split across the engine's threads
+//! ([`pool`]) in chunks of rows that stay in L2, times groups of panels.
 //!
 //! Kernels, chosen when the model loads by what the CPU has ([`Kernel`]):
 //! AVX-512F 6x64, AVX2 + FMA 6x16, NEON 8x12, and a portable 4x16 that the
@@ -21,10 +21,10 @@
 //! f32 dot product.
 //!
 //! [`replace`] swaps in a `Linear` for every f32 `EinSum` of the decluttered
-//! model that is a product of an activation with a constant: the patch
-//! embedding's reshaped products, qkv, proj, fc1, fc2 and the head, in any
-//! axis layout the exporter left, as long as the activation's rows are
-//! contiguous.
+//! model that is a product of an activation with a constant (qkv, proj,
+//! fc1, fc2, the head; the patch embedding comes through
+//! [`super::patch_embed`]), in any axis layout of the weight, as long as the
+//! activation's rows are contiguous.
 
 use std::sync::Arc;
 
@@ -108,9 +108,10 @@ impl Kernel {
     }
 }
 
-/// f32 values from a 64-byte boundary, so that no panel row of 16 or 32
-/// values (one or two AVX-512 loads) spans two cache lines: with the 16-byte
-/// alignment of an allocation, three loads in four did, at twice the cost.
+/// f32 values from a 64-byte boundary, so that no load of a panel row (16
+/// or 64 values for AVX2 and AVX-512) spans two cache lines: with the
+/// 16-byte alignment of an allocation, three AVX-512 loads in four did, at
+/// twice the cost.
 #[derive(Clone, Debug)]
 struct Aligned {
     lines: Vec<Line>,
