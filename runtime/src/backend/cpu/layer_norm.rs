@@ -21,22 +21,11 @@ use tract_onnx::tract_core::ops::binary::{BinMiniOp, TypedBinOp};
 use tract_onnx::tract_core::ops::math::{Add, Mul, Sub};
 use tract_onnx::tract_core::ops::nn::{Reduce, Reducer, RmsNorm};
 
+use super::softmax::lane_sum;
 use super::{sole_successor, splice};
 
 /// Lanes of the independent accumulators: one 256-bit vector of f32.
 const LANES: usize = 8;
-
-#[inline(always)]
-fn sum(row: &[f32]) -> f32 {
-    let mut lanes = [0.0f32; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for chunk in &mut chunks {
-        for (s, &v) in lanes.iter_mut().zip(chunk) {
-            *s += v;
-        }
-    }
-    chunks.remainder().iter().sum::<f32>() + lanes.iter().sum::<f32>()
-}
 
 #[inline(always)]
 fn squares_about(row: &[f32], mean: f32) -> f32 {
@@ -54,7 +43,7 @@ fn squares_about(row: &[f32], mean: f32) -> f32 {
 fn normalize_rows_portable(x: &[f32], y: &mut [f32], gamma: &[f32], beta: &[f32], eps: f32) {
     let c = gamma.len();
     for (x, y) in x.chunks_exact(c).zip(y.chunks_exact_mut(c)) {
-        let mean = sum(x) / c as f32;
+        let mean = lane_sum(x) / c as f32;
         let inv = 1.0 / (squares_about(x, mean) / c as f32 + eps).sqrt();
         for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
             *y = (x - mean) * inv * g + b;

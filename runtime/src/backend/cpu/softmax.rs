@@ -72,13 +72,10 @@ fn row_max(row: &[f32]) -> f32 {
     lanes.iter().fold(tail, |m, &v| max(m, v))
 }
 
-/// Replaces `row` by `e^(x - max) / sum`.
+/// The sum of `row` in `LANES` independent accumulators, a loop the
+/// compiler turns into SIMD (a plain `sum` is one serial chain).
 #[inline(always)]
-fn softmax_row(row: &mut [f32]) {
-    let max = row_max(row);
-    for v in row.iter_mut() {
-        *v = exp_neg(*v - max);
-    }
+pub(crate) fn lane_sum(row: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let mut chunks = row.chunks_exact(LANES);
     for chunk in &mut chunks {
@@ -86,8 +83,17 @@ fn softmax_row(row: &mut [f32]) {
             *s += v;
         }
     }
-    let tail: f32 = chunks.remainder().iter().sum();
-    let inv = 1.0 / (tail + lanes.iter().sum::<f32>());
+    chunks.remainder().iter().sum::<f32>() + lanes.iter().sum::<f32>()
+}
+
+/// Replaces `row` by `e^(x - max) / sum`.
+#[inline(always)]
+fn softmax_row(row: &mut [f32]) {
+    let max = row_max(row);
+    for v in row.iter_mut() {
+        *v = exp_neg(*v - max);
+    }
+    let inv = 1.0 / lane_sum(row);
     for v in row.iter_mut() {
         *v *= inv;
     }
