@@ -213,6 +213,8 @@ fn call(call: &'static str, e: result::NvrtcError) -> NvrtcError {
 
 /// NVRTC's NUL-terminated log or PTX buffer as a string.
 fn c_chars_to_string(buf: Vec<c_char>) -> String {
+    // c_char is i8 on x86_64 and u8 on aarch64.
+    #[allow(clippy::unnecessary_cast)]
     let bytes: Vec<u8> = buf.into_iter().map(|c| c as u8).collect();
     match CStr::from_bytes_until_nul(&bytes) {
         Ok(s) => s.to_string_lossy().into_owned(),
