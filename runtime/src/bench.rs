@@ -35,6 +35,12 @@ pub struct BenchReport {
     /// The CPU backend's micro-kernel for products and attention.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpu_kernel: Option<&'static str>,
+    /// Where the model's weights are int8 (CPU backend): the int8 kernel's
+    /// name, or `f32` on a CPU without a fast one; and that in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8_kernel: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub int8: Option<String>,
     /// Time per run by kind of op, when asked for (`--ops`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<OpTime>,
@@ -99,7 +105,9 @@ pub fn run(
         throughput: (iterations * engine.batch) as f64 / total.as_secs_f64().max(f64::MIN_POSITIVE),
         cold_start_ms: ms(first_result),
         peak_rss_mib: peak_rss_bytes().unwrap_or(0) as f64 / (1 << 20) as f64,
-        cpu_kernel: engine.cpu_kernel.map(|k| k.name()),
+        cpu_kernel: engine.cpu.map(|c| c.kernels.f32.name()),
+        int8_kernel: engine.cpu.and_then(|c| c.int8_kernel()),
+        int8: engine.cpu.and_then(|c| c.int8()),
         ops: Vec::new(),
     })
 }

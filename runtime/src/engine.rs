@@ -24,7 +24,7 @@ use tract_onnx::tract_core::transform::get_transform;
 use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::backend::cpu::pool::Pool;
-use crate::backend::cpu::Kernel;
+use crate::backend::cpu::CpuPlan;
 use crate::backend::{panic_message, Backend};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
@@ -95,8 +95,8 @@ pub struct Engine {
     pub half: bool,
     /// The matrix products' weights are Q4_0 blocks.
     pub block_quant: bool,
-    /// The micro-kernel of our CPU ops, on the CPU backend.
-    pub cpu_kernel: Option<Kernel>,
+    /// What our CPU ops run on, on the CPU backend.
+    pub cpu: Option<CpuPlan>,
     state: Box<dyn State>,
     /// The CPU threads: tract's pool, which the whole plan runs on, and ours,
     /// which our ops split their work across ([`on_pool`]).
@@ -273,7 +273,7 @@ impl Engine {
         let threads = options.thread_count();
         let m = &bundle.manifest;
         let spec = m.input.clone();
-        let (runnable, executor, pool) = without_panics("loading the model", || {
+        let (runnable, cpu, executor, pool) = without_panics("loading the model", || {
             // The input is pinned below, so the intermediate shapes that ONNX
             // shape inference writes into value_info, with the batch as a
             // named symbol (`batch_size`), would only contradict it.
@@ -324,15 +324,24 @@ impl Engine {
             };
             let run_options =
                 RunOptions { executor: (threads > 1).then(|| executor.clone()), ..RunOptions::default() };
-            let runnable = backend
+            let (runnable, cpu) = backend
                 .prepare(typed, &run_options)
                 .map_err(|e| anyhow::anyhow!("cannot prepare the model: {e:#}"))?;
-            Ok((runnable, executor, pool))
+            Ok((runnable, cpu, executor, pool))
         })
         .with_context(context)?;
         let state = without_panics("starting the model", || runnable.spawn()).with_context(context)?;
         let input = Arc::new(Tensor::zero::<f32>(&spec.shape(batch))?);
         log::info!("bundle {}: {} v{} loaded on {backend}", bundle.origin, m.name, m.version);
+        match cpu.and_then(|cpu| cpu.int8()) {
+            Some(int8) => log::info!("bundle {}: {int8}", bundle.origin),
+            None if cpu.is_some() && m.model.precision == Precision::Int8 => log::warn!(
+                "bundle {}: the manifest says int8 but no weight is int8 per output channel; \
+                 the products run in f32",
+                bundle.origin
+            ),
+            None => {}
+        }
         Ok(Engine {
             name: m.name.clone(),
             version: m.version,
@@ -344,7 +353,7 @@ impl Engine {
             threads,
             half,
             block_quant,
-            cpu_kernel: (backend == Backend::Cpu).then(Kernel::detect),
+            cpu,
             state,
             executor,
             pool,

@@ -90,11 +90,16 @@ impl Backend {
         }
     }
 
-    /// Optimizes `model` for this backend and plans it.
-    pub(crate) fn prepare(self, model: TypedModel, options: &RunOptions) -> TractResult<Box<dyn Runnable>> {
+    /// Optimizes `model` for this backend and plans it; on the CPU, says
+    /// what its products run on.
+    pub(crate) fn prepare(
+        self,
+        model: TypedModel,
+        options: &RunOptions,
+    ) -> TractResult<(Box<dyn Runnable>, Option<cpu::CpuPlan>)> {
         match self {
-            Backend::Cpu => cpu::prepare(model, options),
-            Backend::Cuda => cuda::prepare(model.into_decluttered()?, options),
+            Backend::Cpu => cpu::prepare(model, options).map(|(plan, cpu)| (plan, Some(cpu))),
+            Backend::Cuda => Ok((cuda::prepare(model.into_decluttered()?, options)?, None)),
         }
     }
 }

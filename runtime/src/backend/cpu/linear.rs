@@ -36,6 +36,7 @@ use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
 use tract_onnx::tract_core::ops::math::Add;
 use tract_onnx::tract_core::ops::nn::GeluExact;
 
+use super::qlinear::{int8_columns, qlinear, QKernel, QWeight};
 use super::softmax::exp_neg;
 use super::{pool, sole_successor, splice};
 
@@ -61,6 +62,7 @@ impl Kernel {
     }
 
     /// Every kernel this CPU runs, fastest first; the portable one is last.
+    #[allow(clippy::vec_init_then_push)] // what is pushed first depends on the architecture
     pub fn available() -> Vec<Kernel> {
         let mut kernels = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -108,39 +110,47 @@ impl Kernel {
     }
 }
 
-/// f32 values from a 64-byte boundary, so that no load of a panel row (16
-/// or 64 values for AVX2 and AVX-512) spans two cache lines: with the
-/// 16-byte alignment of an allocation, three AVX-512 loads in four did, at
-/// twice the cost.
+/// Values from a 64-byte boundary, so that no load of a panel row (16 or 64
+/// f32 for AVX2 and AVX-512, 64 bytes of int8) spans two cache lines: with
+/// the 16-byte alignment of an allocation, three AVX-512 loads in four did,
+/// at twice the cost.
 #[derive(Clone, Debug)]
-struct Aligned {
+pub(super) struct Aligned<T: Plain> {
     lines: Vec<Line>,
     len: usize,
+    _values: std::marker::PhantomData<T>,
 }
+
+/// A type for which any bytes are a value, and zeros are zero.
+pub(super) trait Plain: Copy {}
+impl Plain for f32 {}
+impl Plain for i32 {}
+impl Plain for i8 {}
 
 #[derive(Clone, Copy, Debug)]
 #[repr(C, align(64))]
-struct Line([f32; 16]);
+struct Line([u8; 64]);
 
-impl Aligned {
-    fn zeros(len: usize) -> Aligned {
-        Aligned { lines: vec![Line([0.0; 16]); len.div_ceil(16)], len }
+impl<T: Plain> Aligned<T> {
+    pub(super) fn zeros(len: usize) -> Aligned<T> {
+        let lines = vec![Line([0; 64]); (len * std::mem::size_of::<T>()).div_ceil(64)];
+        Aligned { lines, len, _values: std::marker::PhantomData }
     }
 }
 
-impl std::ops::Deref for Aligned {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
-        // SAFETY: a Line is 16 f32 without padding (64 bytes), so the lines
-        // are 16 * lines.len() >= len contiguous, initialized f32.
-        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<f32>(), self.len) }
+impl<T: Plain> std::ops::Deref for Aligned<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: the lines are 64 * lines.len() >= len * size_of T contiguous,
+        // initialized bytes, 64-aligned, and any bytes are a `Plain` value.
+        unsafe { std::slice::from_raw_parts(self.lines.as_ptr().cast::<T>(), self.len) }
     }
 }
 
-impl std::ops::DerefMut for Aligned {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T: Plain> std::ops::DerefMut for Aligned<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         // SAFETY: as for `deref`, and `&mut self` makes the access exclusive.
-        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<f32>(), self.len) }
+        unsafe { std::slice::from_raw_parts_mut(self.lines.as_mut_ptr().cast::<T>(), self.len) }
     }
 }
 
@@ -151,9 +161,9 @@ pub struct PackedWeight {
     k: usize,
     n: usize,
     /// `ceil(N / NR)` panels, each `K` rows of `NR` values.
-    panels: Aligned,
+    panels: Aligned<f32>,
     /// `N` values, zero-padded to whole panels.
-    bias: Aligned,
+    bias: Aligned<f32>,
 }
 
 impl PackedWeight {
@@ -275,6 +285,30 @@ fn activate(activation: Activation, row: &mut [f32]) {
     if activation == Activation::Gelu {
         for v in row {
             *v = gelu(*v);
+        }
+    }
+}
+
+/// What a product's store applies to its sums: the activation, then the
+/// residual.
+#[derive(Clone, Copy)]
+pub(super) struct Epilogue<'a> {
+    pub activation: Activation,
+    /// `m` rows of `n` values added last (a residual connection).
+    pub residual: Option<&'a [f32]>,
+    pub n: usize,
+}
+
+impl Epilogue<'_> {
+    /// On `values`, row `row` of the output from column `col`.
+    #[inline(always)]
+    pub(super) fn apply(&self, row: usize, col: usize, values: &mut [f32]) {
+        activate(self.activation, values);
+        if let Some(residual) = self.residual {
+            let len = values.len();
+            for (v, &r) in values.iter_mut().zip(&residual[row * self.n + col..][..len]) {
+                *v += r;
+            }
         }
     }
 }
@@ -457,9 +491,7 @@ struct Job<'a> {
     x: &'a [f32],
     m: usize,
     weight: &'a PackedWeight,
-    activation: Activation,
-    /// Added after the activation: `m` rows of `n` values (a residual connection).
-    residual: Option<&'a [f32]>,
+    epilogue: Epilogue<'a>,
     /// `m` rows of `n` values, written by the tasks in disjoint tiles.
     y: *mut f32,
 }
@@ -565,21 +597,8 @@ impl<'a> Job<'a> {
         let m = x.len() / k;
         assert_eq!(y.len(), m * n, "y is not {m} rows of {n}");
         assert!(residual.is_none_or(|r| r.len() == m * n), "the residual is not {m} rows of {n}");
-        (m > 0 && n > 0).then_some(Job { x, m, weight, activation, residual, y: y.as_mut_ptr() })
-    }
-
-    /// The activation, then the residual, on `values`: row `row` of `y`
-    /// from column `col`.
-    #[inline(always)]
-    fn finish(&self, row: usize, col: usize, values: &mut [f32]) {
-        activate(self.activation, values);
-        if let Some(residual) = self.residual {
-            let n = self.weight.n;
-            let len = values.len();
-            for (v, &r) in values.iter_mut().zip(&residual[row * n + col..][..len]) {
-                *v += r;
-            }
-        }
+        let epilogue = Epilogue { activation, residual, n };
+        (m > 0 && n > 0).then_some(Job { x, m, weight, epilogue, y: y.as_mut_ptr() })
     }
 
     /// Computes rows `rows` of `y` over panels `panels`.
@@ -620,7 +639,7 @@ impl<'a> Job<'a> {
                         let y = self.y.add(r * n + col);
                         tile::<V, MR, NV>(k, x, k, panel, nr, bias, y, n);
                         for i in 0..MR {
-                            self.finish(r + i, col, std::slice::from_raw_parts_mut(y.add(i * n), nr));
+                            self.epilogue.apply(r + i, col, std::slice::from_raw_parts_mut(y.add(i * n), nr));
                         }
                     }
                 } else {
@@ -639,7 +658,7 @@ impl<'a> Job<'a> {
                     }
                     for i in 0..count {
                         let src = &mut scratch[i * nr..i * nr + cols];
-                        self.finish(r + i, col, src);
+                        self.epilogue.apply(r + i, col, src);
                         // SAFETY: row r + i, columns col..col + cols are this task's part of y.
                         unsafe {
                             std::ptr::copy_nonoverlapping(src.as_ptr(), self.y.add((r + i) * n + col), cols)
@@ -764,10 +783,86 @@ fn erf_f64(x: f64) -> f64 {
     value.copysign(x)
 }
 
+/// The kernels products run on: f32, and int8 where this CPU has a fast one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Kernels {
+    pub f32: Kernel,
+    pub int8: Option<QKernel>,
+}
+
+impl Kernels {
+    pub fn detect() -> Kernels {
+        Kernels { f32: Kernel::detect(), int8: QKernel::detect() }
+    }
+}
+
+/// A plan's products, by their weights.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Products {
+    pub f32: usize,
+    /// Int8 weights on an int8 kernel.
+    pub int8: usize,
+    /// Int8 weights run as f32 products, for want of a fast int8 kernel.
+    pub int8_as_f32: usize,
+}
+
+impl std::ops::AddAssign for Products {
+    fn add_assign(&mut self, other: Products) {
+        self.f32 += other.f32;
+        self.int8 += other.int8;
+        self.int8_as_f32 += other.int8_as_f32;
+    }
+}
+
+/// The weight of a [`Linear`]: f32 panels, or int8 ones (`QLinear`).
+#[derive(Clone, Debug)]
+pub enum Weight {
+    F32(PackedWeight),
+    Int8(QWeight),
+}
+
+impl Weight {
+    /// The `K x N` weight (`K` rows of `N`) and its `bias`, packed: as int8
+    /// when its values are int8 columns (a model quantized per output
+    /// channel, see [`int8_columns`]) and `kernels` has an int8 kernel, as
+    /// f32 otherwise; counted in `products`.
+    pub fn pack(
+        kernels: Kernels,
+        weight: &[f32],
+        k: usize,
+        n: usize,
+        bias: Option<&[f32]>,
+        products: &mut Products,
+    ) -> Weight {
+        match (int8_columns(weight, k, n), kernels.int8) {
+            (Some((q, scale)), Some(kernel)) => {
+                products.int8 += 1;
+                Weight::Int8(QWeight::new(kernel, &q, &scale, k, n, bias))
+            }
+            (quantized, _) => {
+                if quantized.is_some() {
+                    products.int8_as_f32 += 1;
+                } else {
+                    products.f32 += 1;
+                }
+                Weight::F32(PackedWeight::new(kernels.f32, weight, k, n, bias))
+            }
+        }
+    }
+
+    /// `K x N`.
+    fn dims(&self) -> (usize, usize) {
+        match self {
+            Weight::F32(w) => (w.k, w.n),
+            Weight::Int8(w) => w.dims(),
+        }
+    }
+}
+
 /// A product of an activation with a constant weight (see the module's doc).
 #[derive(Clone, Debug)]
 pub struct Linear {
-    weight: Arc<PackedWeight>,
+    weight: Arc<Weight>,
     activation: Activation,
     /// A second input, of the output's shape, is added last.
     residual: bool,
@@ -777,8 +872,8 @@ pub struct Linear {
 
 impl Linear {
     /// The product with `weight`, then `activation`, its output `shape`.
-    pub fn new(weight: Arc<PackedWeight>, activation: Activation, shape: TVec<usize>) -> Linear {
-        Linear { weight, activation, residual: false, shape }
+    pub fn new(weight: Weight, activation: Activation, shape: TVec<usize>) -> Linear {
+        Linear { weight: Arc::new(weight), activation, residual: false, shape }
     }
 }
 
@@ -795,13 +890,19 @@ impl Eq for Linear {}
 
 impl Op for Linear {
     fn name(&self) -> StaticName {
-        "Linear".into()
+        match *self.weight {
+            Weight::F32(_) => "Linear".into(),
+            Weight::Int8(_) => "QLinear".into(),
+        }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
-        let w = &self.weight;
+        let ((k, n), kernel) = match &*self.weight {
+            Weight::F32(w) => ((w.k, w.n), w.kernel.name()),
+            Weight::Int8(w) => (w.dims(), w.kernel().name()),
+        };
         let residual = if self.residual { ", + residual" } else { "" };
-        Ok(vec![format!("{} x {}, {:?}{residual}, kernel {}", w.k, w.n, self.activation, w.kernel.name())])
+        Ok(vec![format!("{k} x {n}, {:?}{residual}, kernel {kernel}", self.activation)])
     }
 
     op_as_typed_op!();
@@ -823,13 +924,11 @@ impl EvalOp for Linear {
         let mut y = unsafe { Tensor::uninitialized::<f32>(&self.shape)? };
         {
             let mut plain = y.try_as_plain_ram_mut()?;
-            linear(
-                x.as_slice::<f32>()?,
-                &self.weight,
-                self.activation,
-                residual,
-                plain.as_slice_mut::<f32>()?,
-            );
+            let (x, y) = (x.as_slice::<f32>()?, plain.as_slice_mut::<f32>()?);
+            match &*self.weight {
+                Weight::F32(w) => linear(x, w, self.activation, residual, y),
+                Weight::Int8(w) => qlinear(x, w, self.activation, residual, y),
+            }
         }
         Ok(tvec!(y.into_tvalue()))
     }
@@ -842,8 +941,13 @@ impl TypedOp for Linear {
     }
 
     fn cost(&self, _inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
-        let rows: usize = self.shape.iter().product::<usize>() / self.weight.n.max(1);
-        Ok(tvec!((Cost::FMA(f32::datum_type()), (rows * self.weight.k * self.weight.n).to_dim())))
+        let (k, n) = self.weight.dims();
+        let rows: usize = self.shape.iter().product::<usize>() / n.max(1);
+        let dt = match *self.weight {
+            Weight::F32(_) => f32::datum_type(),
+            Weight::Int8(_) => i8::datum_type(),
+        };
+        Ok(tvec!((Cost::FMA(dt), (rows * k * n).to_dim())))
     }
 
     as_op!();
@@ -972,10 +1076,10 @@ fn is_gelu(node: &TypedNode) -> bool {
 }
 
 /// Replaces each product with a constant weight in a decluttered model by a
-/// [`Linear`] on `kernel`, taking in the bias added and the GELU applied to
-/// it; returns how many.
-pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
-    let mut replaced = 0;
+/// [`Linear`] on `kernels`, taking in the bias added and the GELU applied to
+/// it; returns how many, by weight.
+pub fn replace(model: &mut TypedModel, kernels: Kernels) -> TractResult<Products> {
+    let mut products = Products::default();
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(product) = as_product(model, node)? else { continue };
@@ -1000,14 +1104,14 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
                 last = add;
             }
         }
-        let weight = PackedWeight::new(kernel, &product.weight, product.k, product.n, bias.as_deref());
-        let mut op = Linear::new(Arc::new(weight), activation, shape);
+        let weight =
+            Weight::pack(kernels, &product.weight, product.k, product.n, bias.as_deref(), &mut products);
+        let mut op = Linear::new(weight, activation, shape);
         op.residual = residual.is_some();
         let inputs: Vec<OutletId> = [node.inputs[0]].into_iter().chain(residual).collect();
         splice(model, &inputs, op, last.id)?;
-        replaced += 1;
     }
-    Ok(replaced)
+    Ok(products)
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! The CPU backend: tract's optimized plan with our ops in place of tract's
 //! where ours are faster, one file per op.
 //!
-//! - [`linear`]: every product with a constant weight, its bias and GELU.
+//! - [`linear`]: every product with a constant weight, its bias and GELU;
+//!   [`qlinear`] its int8 kernels, for weights quantized per output channel.
 //! - [`patch_embed`]: a ViT's patch embedding, as patches and a product.
 //! - [`attention`]: softmax(Q K^T) V, per head.
 //! - [`layer_norm`]: LayerNorm over the last axis.
@@ -18,9 +19,45 @@ pub mod layer_norm;
 pub mod linear;
 pub mod patch_embed;
 pub mod pool;
+pub mod qlinear;
 pub mod softmax;
 
-pub use linear::Kernel;
+pub use linear::{Kernel, Kernels, Products};
+pub use qlinear::QKernel;
+
+/// What a CPU plan runs its products on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuPlan {
+    pub kernels: Kernels,
+    pub products: Products,
+}
+
+impl CpuPlan {
+    /// The kernel the model's int8 weights run on, when it has some: an int8
+    /// kernel's name, or `f32`.
+    pub fn int8_kernel(&self) -> Option<&'static str> {
+        let p = self.products;
+        match (p.int8, p.int8_as_f32, self.kernels.int8) {
+            (0, 0, _) => None,
+            (_, 0, Some(kernel)) => Some(kernel.name()),
+            _ => Some("f32"),
+        }
+    }
+
+    /// How the model's int8 weights run, when it has some: on which kernel,
+    /// or why in f32.
+    pub fn int8(&self) -> Option<String> {
+        let p = self.products;
+        match (p.int8, p.int8_as_f32) {
+            (0, 0) => None,
+            (n, 0) => Some(format!("{n} int8 products on {}", self.kernels.int8.map_or("?", |k| k.name()))),
+            (_, n) => Some(format!(
+                "{n} int8 products run in f32: this CPU has no fast int8 dot product \
+                 (arm64 asimddp, x86 AVX2 or VNNI)"
+            )),
+        }
+    }
+}
 
 /// The only consumer of `node`'s output, when it has one and the output is
 /// not the model's: a node that can be folded into the op before it.
@@ -56,20 +93,27 @@ fn splice(
 /// be over a middle axis (tract's own ops then ran that network 1.8 times
 /// slower than the class-token one). Once our ops are in, they keep their
 /// layout through the optimizer's passes.
-pub(crate) fn prepare(mut model: TypedModel, options: &RunOptions) -> TractResult<Box<dyn Runnable>> {
-    let kernel = Kernel::detect();
+pub(crate) fn prepare(
+    mut model: TypedModel,
+    options: &RunOptions,
+) -> TractResult<(Box<dyn Runnable>, CpuPlan)> {
+    let kernels = Kernels::detect();
     let mut declutter = Optimizer::declutter();
     declutter.passes.retain(|pass| !format!("{pass:?}").starts_with("ChangeAxes"));
     declutter.optimize(&mut model)?;
-    let linear = patch_embed::replace(&mut model, kernel)? + linear::replace(&mut model, kernel)?;
-    let attention = attention::replace(&mut model, kernel)?;
+    let mut products = patch_embed::replace(&mut model, kernels)?;
+    products += linear::replace(&mut model, kernels)?;
+    let attention = attention::replace(&mut model, kernels.f32)?;
     let layer_norm = layer_norm::replace(&mut model)?;
     let mut model = model.into_optimized()?;
     let softmax = softmax::replace(&mut model)?;
+    let plan = CpuPlan { kernels, products };
     log::debug!(
-        "cpu: {linear} product(s) and {attention} attention(s) on {}, {layer_norm} LayerNorm(s), \
-         {softmax} softmax op(s) vectorized",
-        kernel.name()
+        "cpu: {} f32 product(s) and {attention} attention(s) on {}, {layer_norm} LayerNorm(s), \
+         {softmax} softmax op(s) vectorized{}",
+        products.f32,
+        kernels.f32.name(),
+        plan.int8().map_or(String::new(), |int8| format!("; {int8}")),
     );
-    Ok(Box::new(TypedSimplePlan::new_with_options(model, options)?))
+    Ok((Box::new(TypedSimplePlan::new_with_options(model, options)?), plan))
 }

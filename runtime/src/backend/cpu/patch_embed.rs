@@ -9,14 +9,12 @@
 //! layout, which tract then folds into the reshape that timm's export
 //! follows the convolution with.
 
-use std::sync::Arc;
-
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-use super::linear::{Activation, Kernel, Linear, PackedWeight};
+use super::linear::{Activation, Kernels, Linear, Products, Weight};
 
 /// `[N, C, H, W]` to `[N, H / kh, W / kw, C * kh * kw]`: each patch as a row,
 /// its values in the kernel's (channel, row, column) order.
@@ -150,9 +148,10 @@ fn patch_embedding(model: &TypedModel, node: &TypedNode, conv: &Conv) -> TractRe
 }
 
 /// Replaces each patch-embedding convolution in a decluttered model by
-/// [`Patchify`], a [`Linear`] on `kernel` and an axis move; returns how many.
-pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
-    let mut replaced = 0;
+/// [`Patchify`], a [`Linear`] on `kernels` and an axis move; returns how
+/// many, by weight.
+pub fn replace(model: &mut TypedModel, kernels: Kernels) -> TractResult<Products> {
+    let mut products = Products::default();
     for id in model.eval_order()? {
         let node = model.node(id);
         let Some(conv) = node.op_as::<Conv>() else { continue };
@@ -162,11 +161,8 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
         let shape = node.outputs[0].fact.shape.as_concrete().context("a concrete shape")?.to_vec();
         let &[n, o, ph, pw] = &shape[..] else { continue };
         let k = weight.len() / o;
-        let linear = Linear::new(
-            Arc::new(PackedWeight::new(kernel, &weight, k, o, Some(&bias))),
-            Activation::None,
-            tvec![n, ph, pw, o],
-        );
+        let weight = Weight::pack(kernels, &weight, k, o, Some(&bias), &mut products);
+        let linear = Linear::new(weight, Activation::None, tvec![n, ph, pw, o]);
         let mut patch = TypedModelPatch::default();
         let x = patch.tap_model(model, node.inputs[0])?;
         let rows = patch.wire_node(format!("{}.patches", node.name), patchify, &[x])?;
@@ -174,9 +170,8 @@ pub fn replace(model: &mut TypedModel, kernel: Kernel) -> TractResult<usize> {
         let nchw = patch.wire_node(&node.name, AxisOp::Move(3, 1), &nhwc)?[0];
         patch.shunt_outside(model, OutletId::new(id, 0), nchw)?;
         patch.apply(model)?;
-        replaced += 1;
     }
-    Ok(replaced)
+    Ok(products)
 }
 
 #[cfg(test)]
@@ -216,7 +211,7 @@ mod tests {
             out[0].to_plain_array_view::<f32>().unwrap().iter().copied().collect::<Vec<f32>>()
         };
         let want = run(model.clone());
-        assert_eq!(replace(&mut model, Kernel::detect()).unwrap(), 1);
+        assert_eq!(replace(&mut model, Kernels::detect()).unwrap().f32, 1);
         let got = run(model);
         assert_eq!(got.len(), want.len());
         for (g, w) in got.iter().zip(&want) {
