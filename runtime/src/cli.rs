@@ -9,11 +9,11 @@ use anyhow::{bail, Result};
 use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
-use crate::backend::cpu::Kernel;
+use crate::backend::cpu::{Kernel, QKernel};
 use crate::backend::{select_backend, Backend};
 use crate::board::{BackendChoice, Board, BoardArgs, DEVICE_BOARD_FILE};
 use crate::bundle::{Bundle, SignaturePolicy};
-use crate::create::{create, CreateOptions};
+use crate::create::{create, CreateOptions, Created, Quantize};
 use crate::display::DisplayArgs;
 use crate::embedded;
 use crate::engine::{Engine, EngineOptions};
@@ -403,9 +403,21 @@ pub struct CreateArgs {
     /// Input tensor layout.
     #[arg(long, value_enum, default_value_t = Layout::Nchw)]
     pub layout: Layout,
-    /// Precision of the stored weights.
+    /// Precision of the stored weights: `int8` for a model whose weights
+    /// already are int8 per output channel (Cast + Mul or DequantizeLinear).
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
     pub precision: Precision,
+    /// Quantize an f32 model's weights (MatMul, Gemm, Conv) to int8, one
+    /// scale per output channel, into the bundle's model; implies
+    /// `--precision int8`. Each golden image is then also run on the f32
+    /// model: the same top-1 is required, and logits within
+    /// `--quantize-tolerance`.
+    #[arg(long, value_enum, value_name = "PRECISION")]
+    pub quantize: Option<Quantize>,
+    /// With `--quantize`: the largest allowed difference of an int8 logit
+    /// from the f32 model's, as a fraction of the image's largest f32 logit.
+    #[arg(long, default_value_t = 0.1, value_name = "FRACTION")]
+    pub quantize_tolerance: f32,
     /// Images whose outputs become the bundle's golden check (repeatable).
     #[arg(long = "golden-image", value_name = "IMAGE")]
     pub golden_images: Vec<PathBuf>,
@@ -605,8 +617,9 @@ fn run_loop(args: RunArgs) -> Result<()> {
     let mut stdout = std::io::stdout().lock();
     let summary =
         crate::pipeline::run(source, &mut engine, display.as_mut(), &opts, updates.as_ref(), &mut stdout)?;
+    let int8 = engine.cpu.and_then(|cpu| cpu.int8()).map_or(String::new(), |int8| format!("int8: {int8}\n"));
     let text = format!(
-        "{} frames, {} dropped, {:.1} FPS over {:.2} s\n{}",
+        "{} frames, {} dropped, {:.1} FPS over {:.2} s\n{int8}{}",
         summary.frames,
         summary.dropped,
         summary.fps(),
@@ -710,6 +723,9 @@ fn bench(args: BenchArgs, started: Instant) -> Result<()> {
         println!("  peak RSS     {:.1} MiB", r.peak_rss_mib);
         if let Some(kernel) = r.cpu_kernel {
             println!("  cpu kernel   {kernel} (products and attention)");
+        }
+        if let Some(int8) = &r.int8 {
+            println!("  int8         {int8}");
         }
         if !r.ops.is_empty() {
             println!("  by op (ms per run, nodes):");
@@ -815,6 +831,17 @@ fn doctor(args: &BoardArgs) -> Result<()> {
         Kernel::detect().name(),
         cpu.join(", ")
     )?;
+    match QKernel::detect() {
+        Some(kernel) => {
+            let int8: Vec<&str> = QKernel::available().iter().map(|k| k.name()).collect();
+            writeln!(out, "int8      {} products (this CPU runs: {})", kernel.name(), int8.join(", "))?
+        }
+        None => writeln!(
+            out,
+            "int8      none: no fast int8 dot product on this CPU (arm64 asimddp, x86 AVX2 or VNNI); \
+             int8 models run f32 products"
+        )?,
+    }
     match crate::backend::why_not_cuda(board.as_ref()) {
         None => writeln!(out, "auto      cuda")?,
         Some(why) => writeln!(out, "auto      cpu: {why}")?,
@@ -904,10 +931,12 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
                 precision: a.precision,
                 golden_images: a.golden_images,
                 tolerance: a.tolerance,
+                quantize: a.quantize,
+                quantize_tolerance: a.quantize_tolerance,
                 key: a.key,
                 out: a.out,
             };
-            let m = create(&opts)?;
+            let Created { manifest: m, quantized } = create(&opts)?;
             let golden = m.golden.as_ref().map_or(0, |g| g.count);
             let signed = if opts.key.is_some() { "signed" } else { "unsigned: run `edgevit bundle sign`" };
             println!(
@@ -918,6 +947,13 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
                 m.model.classes,
                 golden
             );
+            if let Some((weights, worst, relative)) = quantized {
+                println!(
+                    "quantized {weights} weights to int8 per output channel; against the f32 model on the \
+                     golden images: same top-1, logits within {worst:.4} ({:.2}% of the largest)",
+                    relative * 100.0
+                );
+            }
         }
         BundleCommand::Sign { dir, key } => {
             let key = SecretKey::load(&key)?;

@@ -22,6 +22,7 @@ pub mod overlay;
 pub mod pipeline;
 pub mod postprocess;
 pub mod preprocess;
+mod quantize;
 pub mod source;
 pub mod update;
 mod watchdog;
