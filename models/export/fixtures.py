@@ -12,8 +12,12 @@
                 with each head users export: timm's class token, mean
                 pooling, GGeM; random biases and LayerNorm weights; and
                 onnxruntime's logits for the timm-vit test image
+  dequantize-linear/
+                the shipped int8 model with each weight's Cast + Mul written
+                as one ONNX DequantizeLinear (per-axis scale, zero point 0)
 
     python models/export/fixtures.py [NAME...]    # all, or: ggem preprocess timm-vit vit-heads
+                                                   #   dequantize-linear
 """
 
 import io
@@ -104,6 +108,36 @@ def vit_heads():
                                                         "onnxruntime": ort.__version__}, indent=1) + "\n")
 
 
+def dequantize_linear():
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load(ROOT / "models/fmnist-vit-ggem-int8/model.onnx")
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producers = {o: n for n in graph.node for o in n.output}
+    nodes = []
+    for node in graph.node:
+        if node.op_type == "Cast" and node.input[0] in inits:
+            continue  # a weight's: folded into the DequantizeLinear of the Mul that reads it
+        cast = producers.get(node.input[0]) if node.op_type == "Mul" else None
+        if cast is None or cast.op_type != "Cast" or cast.input[0] not in inits:
+            nodes.append(node)
+            continue
+        q, scale = inits[cast.input[0]], numpy_helper.to_array(inits[node.input[1]])
+        axis = next(i for i, d in enumerate(scale.shape) if d != 1) if scale.size > 1 else 0
+        graph.initializer.remove(inits[node.input[1]])
+        flat, zero = node.input[1] + "_axis", node.input[1] + "_zero"
+        graph.initializer.extend([numpy_helper.from_array(scale.reshape(-1), flat),
+                                  numpy_helper.from_array(np.zeros(scale.size, np.int8), zero)])
+        nodes.append(helper.make_node("DequantizeLinear", [q.name, flat, zero], list(node.output), axis=axis))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.checker.check_model(proto)
+    out = DATA / "dequantize-linear"
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, out / "model.onnx")
+
+
 class GeMGroups(torch.nn.Module):
     """GGeM as a user would write it: p per group, expanded to channels in forward."""
 
@@ -164,6 +198,7 @@ def ggem_exports():
 if __name__ == "__main__":
     import sys
 
-    fixtures = {"ggem": ggem_exports, "preprocess": preprocess_cases, "timm-vit": timm_vit, "vit-heads": vit_heads}
+    fixtures = {"ggem": ggem_exports, "preprocess": preprocess_cases, "timm-vit": timm_vit, "vit-heads": vit_heads,
+                "dequantize-linear": dequantize_linear}
     for name in sys.argv[1:] or fixtures:
         fixtures[name]()
