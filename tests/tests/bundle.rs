@@ -358,3 +358,112 @@ fn a_tar_bundle_with_a_symlink_or_parent_path_is_refused() {
     edgevit(["bundle", "verify", "--bundle", tar.to_str().unwrap(), "--trust", DEV_PUB])
         .fails_with("../labels.txt: not a plain relative path inside the bundle");
 }
+
+/// `bundle create` of the shipped Fashion-MNIST model file `model` into
+/// `out`, signed with the development key, with `extra` arguments.
+fn create_fmnist(model: &Path, out: &Path, extra: &[&str]) -> Run {
+    let model = model.to_str().unwrap();
+    let labels = repo(FP32_BUNDLE).join("labels.txt");
+    let mut args = vec!["bundle", "create", "--model", model, "--labels", labels.to_str().unwrap()];
+    args.extend([
+        "--name",
+        "fmnist-q",
+        "--version",
+        "1",
+        "--width",
+        "28",
+        "--height",
+        "28",
+        "--channels",
+        "1",
+    ]);
+    args.extend(["--mean", "0.286", "--std", "0.353", "--key", DEV_KEY, "--out", out.to_str().unwrap()]);
+    args.extend(extra);
+    edgevit(args)
+}
+
+/// Each sample's logits from `bundle`, in sample order.
+fn sample_logits(bundle: &Path) -> Vec<Vec<f64>> {
+    let samples: Vec<String> = samples().iter().map(|p| p.display().to_string()).collect();
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    let bundle = bundle.to_str().unwrap();
+    let run =
+        edgevit([&["classify", "--json", "--bundle", bundle, "--trust", DEV_PUB][..], &samples].concat());
+    let lines = run.ok().json_lines();
+    lines
+        .iter()
+        .map(|l| l["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect())
+        .collect()
+}
+
+/// The products of `bundle`'s plan as (QLinear, Linear) counts, and its `int8_kernel`.
+fn int8_plan(bundle: &Path) -> (Option<u64>, Option<u64>, serde_json::Value) {
+    let bundle = bundle.to_str().unwrap();
+    let run = edgevit([
+        "bench",
+        "--json",
+        "--ops",
+        "--iterations",
+        "1",
+        "--warmup",
+        "0",
+        "--bundle",
+        bundle,
+        "--trust",
+        DEV_PUB,
+    ]);
+    let r = run.ok().json_lines().remove(0);
+    let ops = r["ops"].as_array().unwrap();
+    let count = |name: &str| ops.iter().find(|o| o["op"] == name).and_then(|o| o["count"].as_u64());
+    (count("QLinear"), count("Linear"), r["int8_kernel"].clone())
+}
+
+/// Issue 15: `bundle create --quantize int8` makes of the shipped fp32 model
+/// the very int8 weights the Python export wrote for the shipped int8
+/// bundle (the same logits on every sample), checks them against the f32
+/// model on the golden images, and the plan runs all 18 products on the
+/// int8 kernel; so does a model with DequantizeLinear weights. A tolerance
+/// nothing meets, or `--precision int8` on f32 weights, is refused.
+#[test]
+fn issue_15_quantize_int8_in_the_tool_agrees_with_the_shipped_int8_bundle() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fp32 = repo(FP32_BUNDLE).join("model.onnx");
+    let golden: Vec<String> =
+        samples().iter().flat_map(|p| ["--golden-image".into(), p.display().to_string()]).collect();
+    let golden: Vec<&str> = golden.iter().map(String::as_str).collect();
+    let out = tmp.path().join("q8");
+    let run = create_fmnist(&fp32, &out, &[&["--quantize", "int8"][..], &golden].concat());
+    assert!(run.ok().stdout.contains("quantized 18 weights to int8"), "{}", run.stdout);
+    assert!(run.stdout.contains("same top-1"), "{}", run.stdout);
+    assert_eq!(manifest(&out).model.precision, edgevit::manifest::Precision::Int8);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len() as f64;
+    let ratio = size(&out.join("model.onnx")) / size(&fp32);
+    assert!(ratio <= 0.31, "the int8 model is {ratio:.3} of the f32 one");
+    let shipped = sample_logits(&repo(INT8_BUNDLE));
+    assert_eq!(sample_logits(&out), shipped, "the tool's int8 model and the export's disagree");
+
+    let kernel = edgevit::backend::cpu::QKernel::detect().map_or("f32", |k| k.name());
+    let want = if kernel == "f32" { (None, Some(18)) } else { (Some(18), None) };
+    for bundle in [&out, &repo(INT8_BUNDLE)] {
+        let (qlinear, linear, int8_kernel) = int8_plan(bundle);
+        assert_eq!((qlinear, linear), want, "{}", bundle.display());
+        assert_eq!(int8_kernel, kernel, "{}", bundle.display());
+    }
+
+    let dequantize = repo("tests/data/dequantize-linear/model.onnx");
+    let dq = tmp.path().join("dq");
+    create_fmnist(&dequantize, &dq, &["--precision", "int8", "--golden-image", golden[1]]).ok();
+    assert_eq!(int8_plan(&dq).0, want.0);
+    assert_eq!(sample_logits(&dq), shipped, "DequantizeLinear weights run otherwise than Cast + Mul");
+
+    let strict = tmp.path().join("strict");
+    create_fmnist(
+        &fp32,
+        &strict,
+        &[&["--quantize", "int8", "--quantize-tolerance", "1e-9"][..], &golden].concat(),
+    )
+    .fails_with("over --quantize-tolerance");
+    assert!(!strict.exists(), "a refused bundle was written");
+    create_fmnist(&fp32, &strict, &["--precision", "int8"]).fails_with("--quantize int8 makes them so");
+    assert!(!strict.exists());
+}

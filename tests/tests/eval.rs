@@ -77,3 +77,22 @@ fn eval_rejects_a_labels_file_that_does_not_match_the_images() {
     ]);
     run.fails_with("idx labels: expected dimensions [10000]");
 }
+
+/// Issue 15: a bundle that `bundle create --quantize int8` makes of the f32
+/// model, running on the int8 kernels, stays within half a point of f32.
+#[test]
+fn a_bundle_quantized_by_the_tool_stays_within_half_a_point() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("q8");
+    let fp32 = repo(FP32_BUNDLE);
+    let (model, labels) = (fp32.join("model.onnx"), fp32.join("labels.txt"));
+    let mut args = vec!["bundle", "create", "--quantize", "int8", "--name", "fmnist-q", "--version", "1"];
+    args.extend(["--width", "28", "--height", "28", "--channels", "1", "--mean", "0.286", "--std", "0.353"]);
+    args.extend(["--model", model.to_str().unwrap(), "--labels", labels.to_str().unwrap()]);
+    args.extend(["--key", DEV_KEY, "--out", out.to_str().unwrap()]);
+    edgevit(args).ok();
+    let fp32 = accuracy(FP32_BUNDLE, &[]);
+    let int8 = accuracy(out.to_str().unwrap(), &[]);
+    eprintln!("fashion-mnist 10k: fp32 {fp32:.2}%, int8 by bundle create --quantize {int8:.2}%");
+    assert!(int8 >= fp32 - 0.5, "int8 accuracy {int8:.2}% is more than 0.5 pt below fp32 {fp32:.2}%");
+}

@@ -253,20 +253,29 @@ fn unpacked_orin() -> tempfile::TempDir {
 /// Runs the image's `edgevit ARGS --bundle <installed> --trust-dir <installed>`
 /// under qemu; returns stdout, panicking with stderr when it fails.
 fn qemu_edgevit(root: &Path, args: &[&str], more: &[PathBuf]) -> String {
+    qemu_edgevit_on(root, None, Some(&root.join("var/lib/edgevit/current")), args, more)
+}
+
+/// [`qemu_edgevit`] with another bundle (or none: no `--bundle` and
+/// `--trust-dir`), on qemu's CPU model `cpu` when given.
+fn qemu_edgevit_on(
+    root: &Path,
+    cpu: Option<&str>,
+    bundle: Option<&Path>,
+    args: &[&str],
+    more: &[PathBuf],
+) -> String {
     let sysroot = Path::new("/usr/aarch64-linux-gnu");
     assert!(sysroot.join("lib/ld-linux-aarch64.so.1").exists(), "libc6-arm64-cross is not installed");
-    let output = Command::new(qemu())
-        .arg("-L")
-        .arg(sysroot)
-        .arg(root.join("usr/bin/edgevit"))
-        .args(args)
-        .arg("--bundle")
-        .arg(root.join("var/lib/edgevit/current"))
-        .arg("--trust-dir")
-        .arg(root.join("etc/edgevit/keys"))
-        .args(more)
-        .output()
-        .unwrap();
+    let mut qemu = Command::new(qemu());
+    if let Some(cpu) = cpu {
+        qemu.args(["-cpu", cpu]);
+    }
+    qemu.arg("-L").arg(sysroot).arg(root.join("usr/bin/edgevit")).args(args);
+    if let Some(bundle) = bundle {
+        qemu.arg("--bundle").arg(bundle).arg("--trust-dir").arg(root.join("etc/edgevit/keys"));
+    }
+    let output = qemu.args(more).output().unwrap();
     assert!(
         output.status.success(),
         "qemu run of {args:?} failed: {}",
@@ -331,6 +340,49 @@ fn qemu_bench_of_the_image_exercises_the_arm_kernels() {
     assert_eq!((count("Attention"), count("Ggem"), count("RowSoftmax")), (Some(4), Some(1), None), "{r}");
     assert!(count("Linear").is_some_and(|n| n >= 6), "{r}");
     assert_eq!(r["cpu_kernel"].as_str(), Some("neon 8x12"), "{r}");
+}
+
+/// Issue 15: on arm64 the int8 bundle runs all its products on the dot
+/// product kernel (`sdot`), with the host's top-1 on every sample and
+/// logits within the quantization's reach of the host's (1% of the
+/// largest: the host may quantize activations in 7 bits, on AVX2); on a
+/// Cortex-A57, which has no dot product, they run in f32 and `bench` and
+/// `doctor` say so.
+#[test]
+fn qemu_int8_bundle_runs_the_dot_product_kernel_and_agrees_with_the_host() {
+    let root = unpacked_orin();
+    let int8 = workspace().join("models/fmnist-vit-ggem-int8");
+    let bench = ["bench", "--json", "--iterations", "1", "--warmup", "0", "--ops"];
+    for (cpu, kernel, op) in [(None, "neon sdot 8x12", "QLinear"), (Some("cortex-a57"), "f32", "Linear")] {
+        let r: serde_json::Value =
+            serde_json::from_str(qemu_edgevit_on(root.path(), cpu, Some(&int8), &bench, &[]).trim()).unwrap();
+        let ops = r["ops"].as_array().unwrap();
+        let count = |name: &str| ops.iter().find(|o| o["op"] == name).and_then(|o| o["count"].as_u64());
+        assert_eq!((r["int8_kernel"].as_str(), count(op)), (Some(kernel), Some(18)), "{cpu:?}: {r}");
+    }
+    let doctor = qemu_edgevit_on(root.path(), Some("cortex-a57"), None, &["doctor"], &[]);
+    assert!(doctor.contains("int8      none: no fast int8 dot product"), "{doctor}");
+
+    let mut samples: Vec<PathBuf> = fs::read_dir(workspace().join("models/samples/fashion-mnist"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    samples.sort();
+    let stdout = qemu_edgevit_on(root.path(), None, Some(&int8), &["classify", "--json"], &samples);
+    let trust = TrustStore::load(&[dev_key("pub")], None).unwrap();
+    let bundle = Bundle::open(&int8, &trust, SignaturePolicy::Require).unwrap();
+    let mut engine = Engine::load(&bundle, &EngineOptions::default()).unwrap();
+    for (sample, line) in samples.iter().zip(stdout.lines()) {
+        engine.set_image(Image::open(sample).unwrap().view());
+        let host = engine.run().unwrap();
+        let line: serde_json::Value = serde_json::from_str(line).unwrap();
+        let arm: Vec<f32> =
+            line["logits"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        let largest = host.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = host.iter().zip(&arm).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert_eq!(top1(&arm), top1(host), "{}", sample.display());
+        assert!(diff <= 0.01 * largest, "{}: logits {diff} apart (largest {largest})", sample.display());
+    }
 }
 
 /// Runs `firmware build` expected to fail before compiling anything;
