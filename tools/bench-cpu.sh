@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # edgevit against onnxruntime on the CPU, on the very same ONNX files, in one
 # run on one machine: timm ViT-Ti/16-224 with its class-token head and with
-# a GGeM head, batch 1 and 8, 1 and 2 threads.
+# a GGeM head, batch 1 and 8, 1 and 2 threads; and the GGeM model with int8
+# weights, edgevit's int8 products against onnxruntime's dynamic int8
+# quantization of the same export and against edgevit in f32.
 #
 #   tools/bench-cpu.sh [ROUNDS] [ITERATIONS]    # default 3 rounds of 40 (batch 8: a quarter)
 #
@@ -23,7 +25,10 @@ cd "$(dirname "$0")/.."
 rounds=${1:-3}
 iterations=${2:-40}
 out=out/bench
-models=(token ggem)
+models=(token ggem ggem-int8)
+# What onnxruntime runs for each: the same file, but for int8 its own
+# dynamic quantization of the f32 export.
+ort_model() { [ "$1" = ggem-int8 ] && echo $out/vit-ti-ggem-ort-int8.onnx || echo $out/vit-ti-$1.onnx; }
 
 . tools/bench/vit_ti.sh
 vit_ti_exports
@@ -46,7 +51,7 @@ for round in $(seq "$rounds"); do
       [ $batch = 1 ] || n=$(((iterations + 3) / 4))
       for threads in 1 2; do
         e=$(field "$(edgevit_bench --bundle $out/bundle-$model --iterations $n --batch $batch --threads $threads)" p50_ms)
-        o=$(field "$(.venv/bin/python tools/bench/ort_bench.py $out/vit-ti-$model.onnx $threads $n $batch)" p50_ms)
+        o=$(field "$(.venv/bin/python tools/bench/ort_bench.py "$(ort_model $model)" $threads $n $batch)" p50_ms)
         echo "$model $batch $threads $round $e $o" >>"$samples"
       done
     done
@@ -65,6 +70,20 @@ e, o = json.loads(sys.argv[1])['logits'], json.loads(sys.argv[2])['logits']
 print('%.1e' % max(abs(a - b) for a, b in zip(e, o)))" "$e" "$o")
 "
 done
+
+# int8 against f32 in edgevit on the samples and the test image: top-1
+# agreement and the cosine of the logits.
+images=("$out/image.png" models/samples/fashion-mnist/*.png)
+agreement=$(python3 - "$(RUST_LOG=error $edgevit classify --bundle $out/bundle-ggem --skip-signature --json "${images[@]}")" \
+  "$(RUST_LOG=error $edgevit classify --bundle $out/bundle-ggem-int8 --skip-signature --json "${images[@]}")" <<'EOF'
+import json, math, sys
+f32, int8 = ([json.loads(l)["logits"] for l in a.splitlines()] for a in sys.argv[1:])
+top = lambda v: max(range(len(v)), key=v.__getitem__)
+cos = [sum(a * b for a, b in zip(u, v)) / math.sqrt(sum(a * a for a in u) * sum(b * b for b in v)) for u, v in zip(f32, int8)]
+print(f"{sum(top(u) == top(v) for u, v in zip(f32, int8))} {len(f32)} {min(cos):.5f} {sorted(cos)[len(cos) // 2]:.5f}")
+EOF
+)
+sizes="$(stat -c %s $out/vit-ti-ggem-int8.onnx) $(stat -c %s $out/vit-ti-ggem.onnx)"
 
 # What the GGeM head costs, batch 1, 1 thread, one pass: "label p50" lines.
 head_rows=""
@@ -91,22 +110,25 @@ isa="AVX2 + FMA"
 case "$flags" in *avx512f*) isa="AVX-512" ;; esac
 ort=$(.venv/bin/python -c "import onnxruntime; print(onnxruntime.__version__)")
 
-table=$(python3 - "$samples" "$mhz" "$cpu" "$isa" "$ort" "$rounds" "$iterations" "$parity" "$ops" "$cold" "$head_rows" <<'EOF'
+int8=$($edgevit doctor 2>/dev/null | sed -n 's/^int8 *//p')
+table=$(python3 - "$samples" "$mhz" "$cpu" "$isa" "$ort" "$rounds" "$iterations" "$parity" "$ops" "$cold" "$head_rows" \
+  "$agreement" "$sizes" "$int8" <<'EOF'
 import json, statistics, sys
 from collections import defaultdict
 
-samples, mhz, cpu, isa, ort, rounds, iterations, parity, ops, cold, head_rows = sys.argv[1:]
+samples, mhz, cpu, isa, ort, rounds, iterations, parity, ops, cold, head_rows, agreement, sizes, int8 = sys.argv[1:]
 rows = defaultdict(list)
 for line in open(samples):
     model, batch, threads, _, e, o = line.split()
     rows[(model, int(batch), int(threads))].append((float(e), float(o)))
-names = {"token": "class-token head", "ggem": "GGeM head"}
+names = {"token": "class-token head", "ggem": "GGeM head", "ggem-int8": "GGeM head, int8"}
 print(f"{cpu} ({isa}), nproc 2, {float(mhz):.0f} MHz; onnxruntime {ort}; release binary; "
       f"{rounds} rounds of {iterations} runs (batch 8: {(int(iterations) + 3) // 4}), p50 per batch.\n")
 print("| model | batch | threads | edgevit ms | onnxruntime ms | ratio, median (min-max) |")
 print("|---|---|---|---|---|---|")
 median = statistics.median
-for (model, batch, threads), s in sorted(rows.items(), key=lambda kv: (kv[0][0] != "token", kv[0][1], kv[0][2])):
+order = list(names)
+for (model, batch, threads), s in sorted(rows.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1], kv[0][2])):
     ratios = [e / o for e, o in s]
     print(f"| {names[model]} | {batch} | {threads} | {median(e for e, _ in s):.2f} | {median(o for _, o in s):.2f} "
           f"| {median(ratios):.2f} ({min(ratios):.2f}-{max(ratios):.2f}) |")
@@ -120,6 +142,24 @@ for model in names:
     e = [b[0] / a[0] for a, b in zip(one, two)]
     o = [b[1] / a[1] for a, b in zip(one, two)]
     print(f"| {names[model]} | {median(e):.2f} ({min(e):.2f}-{max(e):.2f}) | {median(o):.2f} ({min(o):.2f}-{max(o):.2f}) |")
+if ("ggem-int8", 1, 1) in rows:
+    print("\nint8 weights: in the int8 rows above onnxruntime runs its own dynamic int8 quantization of the "
+          "same export (`quantize_dynamic`, int8 weights per channel); edgevit runs its int8 products on "
+          f"{int8.split(' products')[0]}. Ratios per round, median (min-max):\n")
+    print("| batch | threads | edgevit int8 / edgevit f32 | edgevit int8 / onnxruntime int8 |")
+    print("|---|---|---|---|")
+    for batch in (1, 8):
+        for threads in (1, 2):
+            q, f = rows[("ggem-int8", batch, threads)], rows[("ggem", batch, threads)]
+            r = [a[0] / b[0] for a, b in zip(q, f)]
+            o = [a[0] / a[1] for a in q]
+            print(f"| {batch} | {threads} | {median(r):.2f} ({min(r):.2f}-{max(r):.2f}) "
+                  f"| {median(o):.2f} ({min(o):.2f}-{max(o):.2f}) |")
+    agree, total, worst, mid = agreement.split()
+    q, f = map(int, sizes.split())
+    print(f"\nint8 against f32 in edgevit on the test image and the 20 samples: top-1 the same on {agree} of "
+          f"{total}, cosine of the logits {mid} median, {worst} lowest. Model file {q / f:.2f} of f32's "
+          f"({q / 2**20:.1f} MiB against {f / 2**20:.1f}).")
 heads = [l.split("|") for l in head_rows.strip().splitlines()]
 mean = float(heads[0][1])
 print("\nThe GGeM head, batch 1, 1 thread, one pass (ratio = p50 / edgevit with mean pooling):\n")

@@ -1,7 +1,9 @@
 """Export ViT-Ti/16-224 (timm, random weights, seed 0) with timm's class-token
 head, a mean-pooling head and a GGeM head (3 groups = heads, p from 2 to 4),
 as plain torch.onnx.export writes them (opset 17, dynamic batch), the GGeM one also
-with int8 weights (models/export's per-channel scheme), plus ImageNet-style
+with int8 weights (models/export's per-channel scheme) and as onnxruntime's
+dynamic int8 quantization makes it (`quantize_dynamic`, int8 weights per
+channel, activations quantized at run time), plus ImageNet-style
 labels and one test image, into OUT. The models are models/export/heads.py's,
 biases and LayerNorm weights drawn at random.
 
@@ -34,6 +36,9 @@ def main():
         (out / f"vit-ti-{pooling}.onnx").write_bytes(buf.getvalue())
     int8 = quantize_weights(onnx.load_from_string((out / "vit-ti-ggem.onnx").read_bytes()))
     (out / "vit-ti-ggem-int8.onnx").write_bytes(int8.SerializeToString())
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    quantize_dynamic(out / "vit-ti-ggem.onnx", out / "vit-ti-ggem-ort-int8.onnx", per_channel=True,
+                     weight_type=QuantType.QInt8)
     (out / "labels.txt").write_text("".join(f"class {i}\n" for i in range(1000)))
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (224, 224, 3), dtype=np.uint8), "RGB").save(out / "image.png")

@@ -9,7 +9,7 @@ vit_ti_exports() {
     python3 -m venv .venv
     .venv/bin/pip install -q -r models/export/requirements.txt
   fi
-  [ -f out/bench/vit-ti-token.onnx ] && [ -f out/bench/vit-ti-ggem-int8.onnx ] ||
+  [ -f out/bench/vit-ti-token.onnx ] && [ -f out/bench/vit-ti-ggem-ort-int8.onnx ] ||
     .venv/bin/python tools/bench/vit_ti.py out/bench
 }
 
