@@ -132,17 +132,23 @@ impl QKernel {
     }
 }
 
+/// One scale per channel: `max |w| / 127` (1 for a channel of zeros), with
+/// `channel(i)` the channel of `w[i]`.
+fn scales(w: &[f32], channels: usize, channel: impl Fn(usize) -> usize) -> Vec<f32> {
+    let mut amax = vec![0.0f32; channels];
+    for (i, &v) in w.iter().enumerate() {
+        amax[channel(i)] = amax[channel(i)].max(v.abs());
+    }
+    amax.iter().map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 }).collect()
+}
+
 /// Quantizes `w`, of shape `dims`, per channel of axis `axis`, as the
 /// module says: the int8 values in `w`'s order, and one scale per channel.
 pub fn quantize_axis(w: &[f32], dims: &[usize], axis: usize) -> (Vec<i8>, Vec<f32>) {
     assert_eq!(w.len(), dims.iter().product::<usize>(), "the weight is not {dims:?}");
     let (channels, inner) = (dims[axis], dims[axis + 1..].iter().product::<usize>());
     let channel = |i: usize| (i / inner) % channels;
-    let mut amax = vec![0.0f32; channels];
-    for (i, &v) in w.iter().enumerate() {
-        amax[channel(i)] = amax[channel(i)].max(v.abs());
-    }
-    let scale: Vec<f32> = amax.iter().map(|&m| if m > 0.0 { m / 127.0 } else { 1.0 }).collect();
+    let scale = scales(w, channels, channel);
     let q = w.iter().enumerate();
     let q = q.map(|(i, &v)| (v / scale[channel(i)]).round_ties_even().clamp(-127.0, 127.0) as i8).collect();
     (q, scale)
@@ -153,17 +159,26 @@ pub fn quantize_columns(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
     quantize_axis(w, &[k, n], 1)
 }
 
-/// The weight as int8 columns when it is one already: every value within
-/// 1e-3 of its column's step of an integer multiple of the step (a
+/// The `K x N` weight as int8 columns when it is one already: every value
+/// within 1e-3 of its column's step of an integer multiple of the step (a
 /// dequantized int8 value is within 3e-5 of one, and a float weight of a
-/// real model is nowhere near on every one of its `K` rows).
+/// real model is nowhere near on every one of its `K` rows). A float
+/// weight is told within its first values.
 pub fn int8_columns(w: &[f32], k: usize, n: usize) -> Option<(Vec<i8>, Vec<f32>)> {
-    if w.is_empty() || w.iter().any(|v| !v.is_finite()) {
+    if w.len() != k * n || w.is_empty() || w.iter().any(|v| !v.is_finite()) {
         return None;
     }
-    let (q, scale) = quantize_columns(w, k, n);
-    let exact = w.iter().zip(&q).enumerate().all(|(i, (&v, &q))| (v / scale[i % n] - q as f32).abs() <= 1e-3);
-    exact.then_some((q, scale))
+    let scale = scales(w, n, |i| i % n);
+    let mut q = Vec::with_capacity(w.len());
+    for (i, &v) in w.iter().enumerate() {
+        let x = v / scale[i % n];
+        let r = x.round_ties_even();
+        if (x - r).abs() > 1e-3 {
+            return None;
+        }
+        q.push(r as i8);
+    }
+    Some((q, scale))
 }
 
 /// A `K x N` int8 weight packed for one kernel, with its scales and bias.
