@@ -74,10 +74,12 @@ done
 # int8 against f32 in edgevit on the samples and the test image: top-1
 # agreement and the cosine of the logits.
 images=("$out/image.png" models/samples/fashion-mnist/*.png)
-agreement=$(python3 - "$(RUST_LOG=error $edgevit classify --bundle $out/bundle-ggem --skip-signature --json "${images[@]}")" \
-  "$(RUST_LOG=error $edgevit classify --bundle $out/bundle-ggem-int8 --skip-signature --json "${images[@]}")" <<'EOF'
+for model in ggem ggem-int8; do
+  RUST_LOG=error $edgevit classify --bundle $out/bundle-$model --skip-signature --json "${images[@]}" >$out/logits-$model.jsonl
+done
+agreement=$(python3 - $out/logits-ggem.jsonl $out/logits-ggem-int8.jsonl <<'EOF'
 import json, math, sys
-f32, int8 = ([json.loads(l)["logits"] for l in a.splitlines()] for a in sys.argv[1:])
+f32, int8 = ([json.loads(l)["logits"] for l in open(path)] for path in sys.argv[1:])
 top = lambda v: max(range(len(v)), key=v.__getitem__)
 cos = [sum(a * b for a, b in zip(u, v)) / math.sqrt(sum(a * a for a in u) * sum(b * b for b in v)) for u, v in zip(f32, int8)]
 print(f"{sum(top(u) == top(v) for u, v in zip(f32, int8))} {len(f32)} {min(cos):.5f} {sorted(cos)[len(cos) // 2]:.5f}")
