@@ -421,7 +421,9 @@ pub struct CreateArgs {
     /// Images whose outputs become the bundle's golden check (repeatable).
     #[arg(long = "golden-image", value_name = "IMAGE")]
     pub golden_images: Vec<PathBuf>,
-    /// Allowed absolute logit difference in the golden check.
+    /// Allowed absolute logit difference in the golden check; for an int8
+    /// model at least 5% of the largest golden logit, which the int8
+    /// kernels of different CPUs may differ by.
     #[arg(long, default_value_t = 1e-4)]
     pub tolerance: f32,
     /// Sign the new bundle with this secret key.

@@ -29,6 +29,7 @@ mod watchdog;
 
 pub use backend::Backend;
 pub use bundle::{Bundle, SignaturePolicy};
+pub use create::INT8_TOLERANCE_SHARE;
 pub use embedded::default_bundle;
 pub use engine::{Engine, EngineOptions};
 pub use fsutil::kind_name;
