@@ -714,15 +714,29 @@ pub fn linear(
     y: &mut [f32],
 ) {
     let Some(job) = Job::new(x, weight, activation, residual, y) else { return };
-    let panels = weight.panel_count();
-    let mr = weight.kernel.mr();
-    let chunk = (ROW_CHUNK_BYTES / (4 * weight.k)).div_ceil(mr).max(1) * mr;
-    let row_chunks = job.m.div_ceil(chunk);
+    let chunk = row_chunk(ROW_CHUNK_BYTES / (4 * weight.k), weight.kernel.mr());
+    split_tiles(job.m, chunk, weight.panel_count(), |rows, panels| job.run_on_kernel(rows, panels));
+}
+
+/// `rows` rounded up to whole tiles of `mr` rows, at least one.
+pub(super) fn row_chunk(rows: usize, mr: usize) -> usize {
+    rows.div_ceil(mr).max(1) * mr
+}
+
+/// Calls `task(rows, panels)` for the chunks of `chunk` rows of `m` (a
+/// multiple of the tile's rows) times groups of the `panels` weight panels,
+/// one group per thread of the current [`pool`]: each task reads its rows
+/// once per panel while they stay in L2.
+pub(super) fn split_tiles(
+    m: usize,
+    chunk: usize,
+    panels: usize,
+    task: impl Fn(std::ops::Range<usize>, std::ops::Range<usize>) + Sync,
+) {
     let groups = panels.min(pool::threads());
-    pool::for_each(row_chunks * groups, |task| {
-        let (r, g) = (task / groups, task % groups);
-        let rows = r * chunk..((r + 1) * chunk).min(job.m);
-        job.run_on_kernel(rows, g * panels / groups..(g + 1) * panels / groups);
+    pool::for_each(m.div_ceil(chunk) * groups, |t| {
+        let (r, g) = (t / groups, t % groups);
+        task(r * chunk..((r + 1) * chunk).min(m), g * panels / groups..(g + 1) * panels / groups);
     });
 }
 

@@ -37,7 +37,7 @@
 //! Jetson Nano and TX2, x86 without AVX2) runs the f32 kernels on the
 //! dequantized weights, and `doctor`, `bench` and `run` say so.
 
-use super::linear::{Aligned, Epilogue};
+use super::linear::{row_chunk, split_tiles, Aligned, Epilogue};
 use super::pool;
 
 /// The int8 micro-kernels, by instruction set.
@@ -530,30 +530,46 @@ unsafe fn tile<D: Dot, const MR: usize, const NV: usize>(
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+    use std::marker::PhantomData;
 
     use super::Dot;
 
-    /// The 4 bytes of row `i` at `a`, in every lane.
-    ///
-    /// # Safety
-    /// `a` is readable for `4 (i + 1)` bytes.
-    #[inline(always)]
-    unsafe fn row_bytes(a: *const u8, i: usize) -> i32 {
-        // SAFETY: the caller's contract.
-        unsafe { (a.add(i * 4) as *const i32).read_unaligned() }
+    /// One x86 register of int32 lanes, with what a step of the kernel needs.
+    trait Reg: Copy {
+        const LANES: usize;
+        /// # Safety
+        /// The CPU has the instructions the implementation uses; so for all below.
+        unsafe fn zero() -> Self;
+        /// # Safety
+        /// `p` is readable for `LANES x 4` bytes.
+        unsafe fn load(p: *const i8) -> Self;
+        /// # Safety
+        /// As for [`Reg::zero`].
+        unsafe fn splat(v: i32) -> Self;
+        /// `self + a . b` by groups of 4 bytes: unsigned `a`, signed `b`.
+        /// # Safety
+        /// As for [`Reg::zero`].
+        unsafe fn dot(self, a: Self, b: Self) -> Self;
+        /// `v * colsum[..LANES]`.
+        /// # Safety
+        /// `colsum` is readable for `LANES` values.
+        unsafe fn times(v: i32, colsum: *const i32) -> Self;
+        /// # Safety
+        /// As for [`Dot::store`].
+        unsafe fn store(self, step: f32, scale: *const f32, bias: *const f32, y: *mut f32);
     }
 
+    /// An int8 kernel on one kind of x86 register: each row's 4 bytes
+    /// broadcast to every lane, times `NV` registers of the panel's columns.
     #[derive(Clone, Copy)]
-    pub(super) struct Vnni512(__m512i);
+    pub(super) struct X86<R>(R);
 
-    impl Dot for Vnni512 {
-        const LANES: usize = 16;
+    impl<R: Reg> Dot for X86<R> {
+        const LANES: usize = R::LANES;
         #[inline(always)]
         unsafe fn init(correction: i32, colsum: *const i32) -> Self {
-            // SAFETY: the caller's contract (AVX-512F).
-            unsafe {
-                Vnni512(_mm512_mullo_epi32(_mm512_set1_epi32(correction), _mm512_loadu_si512(colsum.cast())))
-            }
+            // SAFETY: the caller's contract.
+            X86(unsafe { R::times(correction, colsum) })
         }
         #[inline(always)]
         unsafe fn step<const MR: usize, const NV: usize>(
@@ -561,16 +577,16 @@ mod x86 {
             a: *const u8,
             w: *const i8,
         ) {
-            // SAFETY: the caller's contract (AVX-512 VNNI).
+            // SAFETY: the caller's contract.
             unsafe {
-                let mut b = [_mm512_setzero_si512(); NV];
+                let mut b = [R::zero(); NV];
                 for (j, b) in b.iter_mut().enumerate() {
-                    *b = _mm512_loadu_si512(w.add(j * 64).cast());
+                    *b = R::load(w.add(j * R::LANES * 4));
                 }
                 for (i, row) in acc.iter_mut().enumerate() {
-                    let x = _mm512_set1_epi32(row_bytes(a, i));
+                    let x = R::splat((a.add(i * 4) as *const i32).read_unaligned());
                     for (acc, &b) in row.iter_mut().zip(&b) {
-                        acc.0 = _mm512_dpbusd_epi32(acc.0, x, b);
+                        acc.0 = acc.0.dot(x, b);
                     }
                 }
             }
@@ -578,6 +594,42 @@ mod x86 {
         #[inline(always)]
         unsafe fn store(self, step: f32, scale: *const f32, bias: *const f32, y: *mut f32) {
             // SAFETY: the caller's contract.
+            unsafe { self.0.store(step, scale, bias, y) }
+        }
+    }
+
+    pub(super) type Vnni512 = X86<Zmm>;
+    pub(super) type AvxVnni = X86<Ymm<Vnni>>;
+    pub(super) type Avx2 = X86<Ymm<Madd>>;
+
+    #[derive(Clone, Copy)]
+    pub(super) struct Zmm(__m512i);
+
+    // SAFETY (all): AVX-512F and, for `dot`, AVX-512 VNNI, by the callers' contracts.
+    impl Reg for Zmm {
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> Self {
+            Zmm(unsafe { _mm512_setzero_si512() })
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const i8) -> Self {
+            Zmm(unsafe { _mm512_loadu_si512(p.cast()) })
+        }
+        #[inline(always)]
+        unsafe fn splat(v: i32) -> Self {
+            Zmm(unsafe { _mm512_set1_epi32(v) })
+        }
+        #[inline(always)]
+        unsafe fn dot(self, a: Self, b: Self) -> Self {
+            Zmm(unsafe { _mm512_dpbusd_epi32(self.0, a.0, b.0) })
+        }
+        #[inline(always)]
+        unsafe fn times(v: i32, colsum: *const i32) -> Self {
+            Zmm(unsafe { _mm512_mullo_epi32(_mm512_set1_epi32(v), _mm512_loadu_si512(colsum.cast())) })
+        }
+        #[inline(always)]
+        unsafe fn store(self, step: f32, scale: *const f32, bias: *const f32, y: *mut f32) {
             unsafe {
                 let s = _mm512_mul_ps(_mm512_set1_ps(step), _mm512_loadu_ps(scale));
                 _mm512_storeu_ps(y, _mm512_fmadd_ps(_mm512_cvtepi32_ps(self.0), s, _mm512_loadu_ps(bias)));
@@ -585,15 +637,12 @@ mod x86 {
         }
     }
 
-    /// `self + a . b` by groups of 4 bytes, the AVX-VNNI or the AVX2 way.
-    trait Dot256 {
+    /// `acc + a . b` by groups of 4 bytes on 256 bits, the AVX-VNNI or the AVX2 way.
+    pub(super) trait Dot256: Copy {
         /// # Safety
         /// The CPU has the instructions the implementation uses.
         unsafe fn dot(acc: __m256i, a: __m256i, b: __m256i) -> __m256i;
     }
-
-    #[derive(Clone, Copy)]
-    pub(super) struct Ymm<T>(__m256i, std::marker::PhantomData<T>);
 
     #[derive(Clone, Copy)]
     pub(super) struct Vnni;
@@ -620,42 +669,35 @@ mod x86 {
         }
     }
 
-    pub(super) type AvxVnni = Ymm<Vnni>;
-    pub(super) type Avx2 = Ymm<Madd>;
+    #[derive(Clone, Copy)]
+    pub(super) struct Ymm<T>(__m256i, PhantomData<T>);
 
-    impl<T: Dot256 + Copy> Dot for Ymm<T> {
+    // SAFETY (all): AVX2 and, for `dot`, what `T` needs, by the callers' contracts.
+    impl<T: Dot256> Reg for Ymm<T> {
         const LANES: usize = 8;
         #[inline(always)]
-        unsafe fn init(correction: i32, colsum: *const i32) -> Self {
-            // SAFETY: the caller's contract (AVX2).
-            let v = unsafe {
-                _mm256_mullo_epi32(_mm256_set1_epi32(correction), _mm256_loadu_si256(colsum.cast()))
-            };
-            Ymm(v, std::marker::PhantomData)
+        unsafe fn zero() -> Self {
+            Ymm(unsafe { _mm256_setzero_si256() }, PhantomData)
         }
         #[inline(always)]
-        unsafe fn step<const MR: usize, const NV: usize>(
-            acc: &mut [[Self; NV]; MR],
-            a: *const u8,
-            w: *const i8,
-        ) {
-            // SAFETY: the caller's contract.
-            unsafe {
-                let mut b = [_mm256_setzero_si256(); NV];
-                for (j, b) in b.iter_mut().enumerate() {
-                    *b = _mm256_loadu_si256(w.add(j * 32).cast());
-                }
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let x = _mm256_set1_epi32(row_bytes(a, i));
-                    for (acc, &b) in row.iter_mut().zip(&b) {
-                        acc.0 = T::dot(acc.0, x, b);
-                    }
-                }
-            }
+        unsafe fn load(p: *const i8) -> Self {
+            Ymm(unsafe { _mm256_loadu_si256(p.cast()) }, PhantomData)
+        }
+        #[inline(always)]
+        unsafe fn splat(v: i32) -> Self {
+            Ymm(unsafe { _mm256_set1_epi32(v) }, PhantomData)
+        }
+        #[inline(always)]
+        unsafe fn dot(self, a: Self, b: Self) -> Self {
+            Ymm(unsafe { T::dot(self.0, a.0, b.0) }, PhantomData)
+        }
+        #[inline(always)]
+        unsafe fn times(v: i32, colsum: *const i32) -> Self {
+            let v = unsafe { _mm256_mullo_epi32(_mm256_set1_epi32(v), _mm256_loadu_si256(colsum.cast())) };
+            Ymm(v, PhantomData)
         }
         #[inline(always)]
         unsafe fn store(self, step: f32, scale: *const f32, bias: *const f32, y: *mut f32) {
-            // SAFETY: the caller's contract.
             unsafe {
                 let s = _mm256_mul_ps(_mm256_set1_ps(step), _mm256_loadu_ps(scale));
                 _mm256_storeu_ps(y, _mm256_fmadd_ps(_mm256_cvtepi32_ps(self.0), s, _mm256_loadu_ps(bias)));
@@ -749,7 +791,6 @@ const MAX_TILE: usize = 6 * 64;
 /// One product's operands, shared by the tasks that compute it.
 struct QJob<'a> {
     rows: &'a QRows,
-    m: usize,
     weight: &'a QWeight,
     epilogue: Epilogue<'a>,
     /// `m` rows of `n` values, written by the tasks in disjoint tiles.
@@ -895,18 +936,9 @@ pub fn qlinear(
         return;
     }
     let rows = QRows::quantize(weight.kernel, x, m, k);
-    let job =
-        QJob { rows: &rows, m, weight, epilogue: Epilogue { activation, residual, n }, y: y.as_mut_ptr() };
-    let panels = weight.panel_count();
-    let mr = weight.kernel.mr();
-    let chunk = (ROW_CHUNK_BYTES / (4 * weight.groups())).div_ceil(mr).max(1) * mr;
-    let row_chunks = m.div_ceil(chunk);
-    let groups = panels.min(pool::threads());
-    pool::for_each(row_chunks * groups, |task| {
-        let (r, g) = (task / groups, task % groups);
-        let rows = r * chunk..((r + 1) * chunk).min(job.m);
-        job.run_on_kernel(rows, g * panels / groups..(g + 1) * panels / groups);
-    });
+    let job = QJob { rows: &rows, weight, epilogue: Epilogue { activation, residual, n }, y: y.as_mut_ptr() };
+    let chunk = row_chunk(ROW_CHUNK_BYTES / (4 * weight.groups()), weight.kernel.mr());
+    split_tiles(m, chunk, weight.panel_count(), |rows, panels| job.run_on_kernel(rows, panels));
 }
 
 #[cfg(test)]
