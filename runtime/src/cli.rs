@@ -21,7 +21,7 @@ use crate::eval::{evaluate, Idx};
 use crate::keys::{SecretKey, TrustStore, DEFAULT_TRUST_DIR};
 use crate::manifest::{InputSpec, Layout, Precision};
 use crate::pipeline::LoopOptions;
-use crate::postprocess::{Scored, TopK};
+use crate::postprocess::{Prediction, Ranked, Scored, TopK};
 use crate::preprocess::Image;
 use crate::source::SourceArgs;
 use crate::update::agent::{self, Applied, UpdateOptions};
@@ -647,16 +647,16 @@ fn classify(args: ClassifyArgs) -> Result<()> {
         let logits = engine.run()?.to_vec();
         topk.rank(&logits, args.post.top_k, args.post.threshold, &mut ranked);
         if args.json {
-            let top: Vec<_> = ranked
-                .iter()
-                .map(|s| json!({"class": s.class, "label": engine.labels[s.class], "score": s.score}))
-                .collect();
-            let line = json!({
-                "image": path.display().to_string(),
-                "model": engine.name, "version": engine.version, "backend": engine.backend.name(),
-                "top_k": top, "logits": logits,
-            });
-            writeln!(out, "{line}")?;
+            let prediction = Prediction {
+                image: Some(path.display().to_string()),
+                frame: None,
+                model: &engine.name,
+                version: engine.version,
+                backend: engine.backend.name(),
+                top_k: Ranked::named(&ranked, &engine.labels),
+                logits: &logits,
+            };
+            writeln!(out, "{}", serde_json::to_string(&prediction)?)?;
         } else {
             writeln!(out, "{}", path.display())?;
             for s in &ranked {

@@ -19,7 +19,7 @@ use anyhow::{Context, Result};
 use crate::display::Display;
 use crate::engine::Engine;
 use crate::overlay::OverlayContent;
-use crate::postprocess::{Scored, TopK};
+use crate::postprocess::{Prediction, Ranked, Scored, TopK};
 use crate::preprocess::Image;
 use crate::source::{Capture, Source};
 
@@ -267,6 +267,8 @@ pub fn consume(
 ) -> Result<Summary> {
     let mut topk = TopK::default();
     let mut ranked: Vec<Scored> = Vec::new();
+    // The frame's logits, for `--json`.
+    let mut raw: Vec<f32> = Vec::new();
     let mut smoother = Smoother::new(opts.smoothing.max(1), engine.labels.len());
     let mut stages: [Histogram; 5] = Default::default();
     let mut frames = 0u64;
@@ -286,6 +288,10 @@ pub fn consume(
         let t1 = Instant::now();
         let logits = engine.run()?;
         let t2 = Instant::now();
+        if opts.json {
+            raw.clear();
+            raw.extend_from_slice(logits);
+        }
         let smoothed = smoother.push(logits);
         topk.rank(smoothed, opts.top_k, opts.threshold, &mut ranked);
         let t3 = Instant::now();
@@ -305,14 +311,16 @@ pub fn consume(
         last = t4;
         fps = if frames == 1 { 1.0 / dt.max(1e-6) } else { 0.9 * fps + 0.1 / dt.max(1e-6) };
         if opts.json {
-            let best = ranked.first();
-            let line = serde_json::json!({
-                "frame": frame.index,
-                "model": engine.name, "version": engine.version,
-                "top1": best.map(|s| s.class), "label": best.map(|s| engine.labels[s.class].as_str()),
-                "score": best.map(|s| s.score),
-            });
-            writeln!(out, "{line}")?;
+            let prediction = Prediction {
+                image: None,
+                frame: Some(frame.index),
+                model: &engine.name,
+                version: engine.version,
+                backend,
+                top_k: Ranked::named(&ranked, &engine.labels),
+                logits: &raw,
+            };
+            writeln!(out, "{}", serde_json::to_string(&prediction)?)?;
         }
         if let Some(every) = opts.profile_every.filter(|&n| n > 0 && frames.is_multiple_of(n)) {
             let summary = Summary {

@@ -1,4 +1,7 @@
-//! Logits to the answer: softmax, top-k above a threshold.
+//! Logits to the answer: softmax, top-k above a threshold, and the
+//! [`Prediction`] that `classify --json` and `run --json` print.
+
+use serde::Serialize;
 
 /// One ranked class.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -51,6 +54,43 @@ impl TopK {
                 .map(|&class| Scored { class, score: probs[class] })
                 .filter(|s| s.score >= threshold),
         );
+    }
+}
+
+/// One classification, as `classify --json` (per image) and `run --json`
+/// (per frame) print it: one JSON object a line, the schema of
+/// doc/pipeline.md.
+#[derive(Debug, Serialize)]
+pub struct Prediction<'a> {
+    /// The image file (`classify`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// The frame's index in the stream (`run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u64>,
+    pub model: &'a str,
+    pub version: u64,
+    pub backend: &'a str,
+    /// The best classes, best first: at most `--top-k`, none under
+    /// `--threshold` (in `run`, of the probabilities `--smoothing` averaged).
+    pub top_k: Vec<Ranked<'a>>,
+    /// The network's logits for this image, one per class.
+    pub logits: &'a [f32],
+}
+
+/// A class of [`Prediction::top_k`].
+#[derive(Debug, Serialize)]
+pub struct Ranked<'a> {
+    pub class: usize,
+    pub label: &'a str,
+    /// Softmax probability in [0, 1].
+    pub score: f32,
+}
+
+impl<'a> Ranked<'a> {
+    /// `ranked`, named by `labels`.
+    pub fn named(ranked: &[Scored], labels: &'a [String]) -> Vec<Ranked<'a>> {
+        ranked.iter().map(|s| Ranked { class: s.class, label: &labels[s.class], score: s.score }).collect()
     }
 }
 

@@ -27,7 +27,7 @@ fn samples_to_pngs_agree_with_classify_and_print_the_stage_table() {
     assert_eq!(frames.len(), 20, "{}", run.stdout);
     for (i, f) in frames.iter().enumerate() {
         assert_eq!(f["frame"], i as u64);
-        assert_eq!(f["top1"].as_u64().unwrap() as usize, golden.top1[i], "frame {i}: {f}");
+        assert_eq!(f["top_k"][0]["class"].as_u64().unwrap() as usize, golden.top1[i], "frame {i}: {f}");
     }
     let pngs = std::fs::read_dir(tmp.path())
         .unwrap()
@@ -152,4 +152,56 @@ fn frames_flag_stops_after_exactly_that_many() {
     let frames = run.ok().json_lines();
     assert_eq!(frames.len(), 50);
     assert!(run.stderr.contains("50 frames, "), "{}", run.stderr);
+}
+
+/// `run --json` and `classify --json` say a prediction one way: the same
+/// fields (the frame's index in place of the image's file), and for the
+/// same image the same classes, scores and logits.
+#[test]
+fn run_and_classify_print_one_prediction_schema() {
+    let input = format!("file://{SAMPLES}/");
+    let run = edgevit(["run", &input, "null://", "--json", "--top-k", "3"]);
+    let frames: Vec<serde_json::Value> = run.ok().json_lines();
+    let samples: Vec<String> = samples().iter().map(|p| p.display().to_string()).collect();
+    let samples: Vec<&str> = samples.iter().map(String::as_str).collect();
+    let classify = edgevit([&["classify", "--json", "--top-k", "3"][..], &samples].concat());
+    let images = classify.ok().json_lines();
+    assert_eq!((frames.len(), images.len()), (20, 20));
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let with = |key: &str| -> Vec<String> {
+        let mut keys: Vec<String> =
+            ["backend", "logits", "model", "top_k", "version", key].map(String::from).into();
+        keys.sort();
+        keys
+    };
+    for (i, (frame, image)) in frames.iter().zip(&images).enumerate() {
+        assert_eq!(keys(frame), with("frame"), "{frame}");
+        assert_eq!(keys(image), with("image"), "{image}");
+        assert_eq!(frame["frame"], i as u64);
+        assert_eq!(image["image"], samples[i]);
+        let top = |v: &serde_json::Value| -> Vec<(u64, String)> {
+            let top = v["top_k"].as_array().unwrap();
+            top.iter()
+                .map(|c| (c["class"].as_u64().unwrap(), c["label"].as_str().unwrap().to_string()))
+                .collect()
+        };
+        assert_eq!(top(frame), top(image), "frame {i}");
+        assert_eq!(top(frame).len(), 3);
+        let logits = |v: &serde_json::Value| -> Vec<f64> {
+            v["logits"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+        };
+        let scores = |v: &serde_json::Value| -> Vec<f64> {
+            v["top_k"].as_array().unwrap().iter().map(|c| c["score"].as_f64().unwrap()).collect()
+        };
+        for (what, a, b) in
+            [("logits", logits(frame), logits(image)), ("scores", scores(frame), scores(image))]
+        {
+            assert_eq!(a.len(), b.len());
+            assert!(a.iter().zip(&b).all(|(a, b)| (a - b).abs() <= 1e-5), "frame {i} {what}: {a:?} vs {b:?}");
+        }
+    }
 }
