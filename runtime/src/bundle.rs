@@ -126,6 +126,14 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The size and the sha256 (hex) of all that `reader` yields, read a block
+/// at a time.
+pub fn sha256_reader(reader: impl std::io::Read) -> std::io::Result<(u64, String)> {
+    let mut hasher = Sha256::new();
+    let size = std::io::copy(&mut std::io::BufReader::with_capacity(64 << 10, reader), &mut hasher)?;
+    Ok((size, hex::encode(hasher.finalize())))
+}
+
 /// Checks that `name` is a plain relative path (`a/b.bin`) and returns it normalized.
 pub fn safe_relative_path(name: &str) -> Result<String, BundleError> {
     let path = Path::new(name);
@@ -356,10 +364,7 @@ fn read_entry(path: &Path, rel: &str, entry: &mut impl Read, size: u64) -> Resul
 }
 
 fn parse_signature(bytes: &[u8]) -> Result<Signature> {
-    let text = std::str::from_utf8(bytes)
-        .map_err(|_| BundleError::Inconsistent(SIGNATURE.into(), "hex text".into()))?;
-    let raw = crate::keys::parse_hex(text, 64).with_context(|| SIGNATURE.to_string())?;
-    Ok(Signature::from_slice(&raw).expect("length checked"))
+    crate::keys::parse_signature(bytes).with_context(|| SIGNATURE.to_string())
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, BundleError> {

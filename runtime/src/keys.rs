@@ -22,6 +22,15 @@ fn read_hex(path: &Path, what: &str, len: usize) -> Result<Vec<u8>> {
     parse_hex(text, len).with_context(|| format!("{what} {}", path.display()))
 }
 
+/// A signature file: one line of hex (64 bytes), `#` comment lines allowed;
+/// the form of `manifest.sig`, `channel.sig` and a firmware image's
+/// signature.
+pub fn parse_signature(bytes: &[u8]) -> Result<Signature> {
+    let text = std::str::from_utf8(bytes).map_err(|_| anyhow::anyhow!("expected hex text"))?;
+    let raw = parse_hex(text, 64)?;
+    Ok(Signature::from_slice(&raw).expect("64 bytes, checked"))
+}
+
 /// Parses `len` bytes of hex from text whose other lines are `#` comments.
 pub(crate) fn parse_hex(text: &str, len: usize) -> Result<Vec<u8>> {
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));

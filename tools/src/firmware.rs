@@ -396,9 +396,7 @@ fn append_file<W: Write>(
 }
 
 fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    let mut hasher = Sha256::new();
-    let size = io::copy(&mut BufReader::new(File::open(path)?), &mut hasher)?;
-    Ok((size, hex::encode(hasher.finalize())))
+    edgevit::bundle::sha256_reader(File::open(path)?)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -596,14 +594,7 @@ pub fn verify(image: &Path, trust: &TrustStore) -> Result<VerifyReport> {
 
 /// The one hex line of a signature file, `#` comment lines allowed.
 fn parse_signature(bytes: &[u8]) -> Result<Signature, Problem> {
-    let bad = |why: &str| Problem::BadSignatureFile(why.to_string());
-    let text = std::str::from_utf8(bytes).map_err(|_| bad("expected hex text"))?;
-    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
-    let (Some(line), None) = (lines.next(), lines.next()) else {
-        return Err(bad("expected exactly one line of hex"));
-    };
-    let raw = hex::decode(line).map_err(|_| bad("expected hex"))?;
-    Signature::from_slice(&raw).map_err(|_| bad(&format!("expected 64 bytes but found {}", raw.len())))
+    edgevit::keys::parse_signature(bytes).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))
 }
 
 fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, Problem> {

@@ -4,18 +4,16 @@
 //! leaves the device on the bundle it ran before.
 
 use std::fmt;
-use std::io::Read;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use sha2::{Digest, Sha256};
 
 use super::channel::{Channel, CHANNEL, CHANNEL_SIG, MAX_CHANNEL_BYTES};
 use super::crash_point;
 use super::fetch::{Fetcher, Timeouts};
 use super::slots::{remove_any, State, StateDir};
 use crate::board::Board;
-use crate::bundle::{Bundle, RawBundle, SignaturePolicy};
+use crate::bundle::{sha256_reader, Bundle, RawBundle, SignaturePolicy};
 use crate::engine::{Engine, EngineOptions};
 use crate::keys::TrustStore;
 
@@ -346,17 +344,9 @@ pub fn rollback(dir: &StateDir, trust: &TrustStore, engine: &EngineOptions) -> R
 }
 
 fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 64 << 10];
-    loop {
-        let n = file.read(&mut buf).with_context(|| format!("{}: cannot read", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
+    let file = std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    let (_, sha256) = sha256_reader(file).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(sha256)
 }
 
 /// The bundle a device should run: `current`, or when it fails to open or

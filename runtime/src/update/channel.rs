@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use ed25519_dalek::Signature;
 use serde::{Deserialize, Serialize};
 
 use crate::bundle::{sha256_hex, Bundle, SignaturePolicy, MANIFEST, SIGNATURE};
@@ -57,11 +56,8 @@ impl Channel {
     /// Checks the signature with `trust`, then parses and checks the fields.
     /// The expiry is checked against `now` (seconds since the epoch).
     pub fn verify(text: &[u8], signature: &[u8], trust: &TrustStore, now: i64) -> Result<Channel> {
-        let sig = std::str::from_utf8(signature)
-            .ok()
-            .and_then(|s| crate::keys::parse_hex(s, 64).ok())
-            .map(|raw| Signature::from_slice(&raw).expect("64 bytes"))
-            .ok_or_else(|| ChannelError::Invalid(format!("expected {CHANNEL_SIG} to be one hex line")))?;
+        let sig = crate::keys::parse_signature(signature)
+            .map_err(|_| ChannelError::Invalid(format!("expected {CHANNEL_SIG} to be one hex line")))?;
         if trust.verify(text, &sig).is_none() {
             return Err(ChannelError::BadSignature(trust.len()).into());
         }
