@@ -5,7 +5,7 @@ Pooling variants, all over the tokens after the final LayerNorm:
   mean  arithmetic mean of the patch tokens
   gem   generalized mean, one learned exponent for all channels
   ggem  group generalized mean: one learned exponent per channel group,
-        groups = attention heads (DESIGN section 4)
+        groups = attention heads (doc/kernels.md)
 """
 
 import gzip

@@ -70,8 +70,6 @@ pub struct Verified {
     /// The trusted key (id and origin) that signed the manifest, or `None`
     /// when the check was skipped on request.
     pub signature: Option<String>,
-    /// Every payload file matched its size and sha256 from the manifest.
-    pub payload: bool,
 }
 
 /// An opened, verified bundle held in memory.
@@ -258,7 +256,7 @@ impl RawBundle {
             origin,
             manifest,
             manifest_bytes: self.manifest,
-            verified: Verified { signature, payload: true },
+            verified: Verified { signature },
             signature_bytes: self.signature,
             files,
         };

@@ -3,7 +3,8 @@
 //! The steps: cross-compile `edgevit` for the board under its glibc floor
 //! ([`crate::cross`]), compile the CUDA kernels to PTX for its GPU when it
 //! has the GPU path, lay out the device's tree in a staging directory, and
-//! [`pack`](crate::firmware::pack) it. The tree (DESIGN section 8):
+//! [`pack`](crate::firmware::pack) it. The tree, as the device runs it
+//! (doc/boards.md):
 //!
 //! ```text
 //! usr/bin/edgevit                        stripped, for the board's target

@@ -22,7 +22,7 @@ fn dev_key(ext: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("models/keys").join(format!("dev-test-only.{ext}"))
 }
 
-/// A staging tree shaped like DESIGN section 8.
+/// A staging tree shaped like a board's image (tools/src/image.rs).
 fn staging(dir: &Path) -> PathBuf {
     let root = dir.join("root");
     let files: [(&str, &[u8]); 6] = [
