@@ -26,7 +26,7 @@ use crate::preprocess::Image;
 use crate::source::SourceArgs;
 use crate::update::agent::{self, Applied, UpdateOptions};
 use crate::update::fetch::Timeouts;
-use crate::update::slots::StateDir;
+use crate::update::slots::{Slot, StateDir};
 use crate::update::{channel, parse_duration, DEFAULT_STATE_DIR};
 
 #[derive(Debug, Parser)]
@@ -882,20 +882,20 @@ fn update(cmd: UpdateCommand) -> Result<()> {
             let dir = StateDir::new(&state.state_dir);
             let mut s = dir.load()?;
             // Report what the slots say, without writing: status is read-only.
-            s.active = dir.active_slot()?.map(String::from);
-            s.installed = s.active.as_deref().and_then(|a| dir.slot_version(a));
+            s.active = dir.active_slot()?;
+            s.installed = s.active.and_then(|a| dir.slot_version(a));
             if json {
                 println!("{}", serde_json::to_string(&s)?);
                 return Ok(());
             }
-            let slot = |slot: &Option<String>, version: Option<u64>| match (slot, version) {
+            let slot = |slot: Option<Slot>, version: Option<u64>| match (slot, version) {
                 (Some(s), Some(v)) => format!("slot {s}, v{v}"),
                 (Some(s), None) => format!("slot {s}, unreadable"),
                 _ => "none".into(),
             };
             println!("state dir    {}", dir.root.display());
-            println!("active       {}", slot(&s.active, s.installed));
-            println!("last good    {}", slot(&s.last_good, s.last_good_version));
+            println!("active       {}", slot(s.active, s.installed));
+            println!("last good    {}", slot(s.last_good, s.last_good_version));
             println!("highest      v{}", s.highest_version);
             if let Some(v) = s.rolled_back {
                 println!("rolled back  v{v}");

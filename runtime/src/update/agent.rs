@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::channel::{Channel, CHANNEL, CHANNEL_SIG, MAX_CHANNEL_BYTES};
 use super::crash_point;
 use super::fetch::{Fetcher, Timeouts};
-use super::slots::{remove_any, State, StateDir};
+use super::slots::{remove_any, Slot, State, StateDir};
 use crate::board::Board;
 use crate::bundle::{sha256_reader, Bundle, RawBundle, SignaturePolicy};
 use crate::engine::{Engine, EngineOptions};
@@ -89,7 +89,7 @@ impl fmt::Display for Offer {
 
 /// A finished install: the new slot and, loaded and health-checked, its engine.
 pub struct Installed {
-    pub slot: &'static str,
+    pub slot: Slot,
     pub from: Option<u64>,
     pub bundle: Bundle,
     pub engine: Engine,
@@ -239,7 +239,7 @@ fn install(
     channel: &Channel,
     part: &Path,
     state: &State,
-) -> Result<(&'static str, Bundle, Engine)> {
+) -> Result<(Slot, Bundle, Engine)> {
     let digest = sha256_file(part)?;
     if digest != channel.sha256 {
         bail!(
@@ -324,13 +324,13 @@ pub fn health_check(dir: &Path, trust: &TrustStore, engine: &EngineOptions) -> R
 pub fn rollback(dir: &StateDir, trust: &TrustStore, engine: &EngineOptions) -> Result<String> {
     let _lock = dir.lock()?;
     let mut state = dir.reconcile()?;
-    let (Some(active), Some(previous)) = (state.active.clone(), state.last_good.clone()) else {
+    let (Some(active), Some(previous)) = (state.active, state.last_good) else {
         bail!("{}: expected a previous bundle to roll back to but there is none", dir.root.display());
     };
-    let target = dir.slot_dir(&previous);
+    let target = dir.slot_dir(previous);
     let (bundle, _) = health_check(&target, trust, engine)
         .with_context(|| format!("slot {previous}: cannot roll back to it"))?;
-    dir.switch(&previous)?;
+    dir.switch(previous)?;
     state.rolled_back = state.installed;
     state.last_error = None;
     dir.save(&state)?;
@@ -360,7 +360,7 @@ pub fn open_active<T>(dir: &StateDir, mut open: impl FnMut(&Path) -> Result<T>) 
         Ok(t) => return Ok(t),
         Err(e) => e,
     };
-    let other = if active == "a" { "b" } else { "a" };
+    let other = active.other();
     let fallback = dir.slot_dir(other);
     if dir.slot_version(other).is_none() {
         return Err(

@@ -25,7 +25,38 @@ use serde::{Deserialize, Serialize};
 
 use crate::bundle::{parse_manifest, MANIFEST};
 
-pub const SLOTS: [&str; 2] = ["a", "b"];
+/// One of the two bundle slots, `slots/a` and `slots/b`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const BOTH: [Slot; 2] = [Slot::A, Slot::B];
+
+    /// `a` or `b`, its directory's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 pub const CURRENT: &str = "current";
 pub const STATE: &str = "state.toml";
 const INCOMING: &str = ".incoming";
@@ -37,11 +68,11 @@ const FORMAT: u32 = 1;
 pub struct State {
     pub format: u32,
     /// The slot `current` points at, and the version of its bundle.
-    pub active: Option<String>,
+    pub active: Option<Slot>,
     pub installed: Option<u64>,
     /// The other slot when it holds a bundle: the last good one, where a
     /// rollback goes.
-    pub last_good: Option<String>,
+    pub last_good: Option<Slot>,
     pub last_good_version: Option<u64>,
     /// The highest version this device ever ran: a channel offering less
     /// is a replay and is refused.
@@ -71,8 +102,8 @@ impl StateDir {
         StateDir { root: root.into() }
     }
 
-    pub fn slot_dir(&self, slot: &str) -> PathBuf {
-        self.root.join("slots").join(slot)
+    pub fn slot_dir(&self, slot: Slot) -> PathBuf {
+        self.root.join("slots").join(slot.name())
     }
 
     pub fn staging(&self) -> PathBuf {
@@ -89,7 +120,7 @@ impl StateDir {
     }
 
     /// The slot `current` points at; `None` before the first install.
-    pub fn active_slot(&self) -> Result<Option<&'static str>> {
+    pub fn active_slot(&self) -> Result<Option<Slot>> {
         let link = self.root.join(CURRENT);
         let target = match std::fs::read_link(&link) {
             Ok(t) => t,
@@ -99,27 +130,26 @@ impl StateDir {
                     .with_context(|| format!("{}: expected a link to slots/a or slots/b", link.display()))
             }
         };
-        SLOTS.into_iter().find(|s| target == Path::new("slots").join(s)).map(Some).with_context(|| {
-            format!(
-                "{}: expected a link to slots/a or slots/b but it points to {}",
-                link.display(),
-                target.display()
-            )
-        })
+        Slot::BOTH.into_iter().find(|s| target == Path::new("slots").join(s.name())).map(Some).with_context(
+            || {
+                format!(
+                    "{}: expected a link to slots/a or slots/b but it points to {}",
+                    link.display(),
+                    target.display()
+                )
+            },
+        )
     }
 
     /// The slot that is not active (`a` before the first install).
-    pub fn inactive_slot(&self) -> Result<&'static str> {
-        Ok(match self.active_slot()? {
-            Some("a") => "b",
-            _ => "a",
-        })
+    pub fn inactive_slot(&self) -> Result<Slot> {
+        Ok(self.active_slot()?.map_or(Slot::A, Slot::other))
     }
 
     /// The version in a slot's manifest, if the slot holds a readable one.
     /// This reads, it does not verify: slots are verified before they are
     /// written and again whenever they are loaded.
-    pub fn slot_version(&self, slot: &str) -> Option<u64> {
+    pub fn slot_version(&self, slot: Slot) -> Option<u64> {
         let bytes = std::fs::read(self.slot_dir(slot).join(MANIFEST)).ok()?;
         parse_manifest(&bytes).ok().map(|m| m.version)
     }
@@ -168,16 +198,16 @@ impl StateDir {
         let saved = self.load()?;
         let mut state = saved.clone();
         let active = self.active_slot()?;
-        state.active = active.map(String::from);
+        state.active = active;
         state.installed = active.and_then(|s| self.slot_version(s));
-        let other = active.map(|a| if a == "a" { "b" } else { "a" });
+        let other = active.map(Slot::other);
         state.last_good_version = other.and_then(|s| self.slot_version(s));
-        state.last_good = other.filter(|_| state.last_good_version.is_some()).map(String::from);
+        state.last_good = other.filter(|_| state.last_good_version.is_some());
         state.highest_version = state.highest_version.max(state.installed.unwrap_or(0));
         for leftover in [self.incoming(), self.root.join("current.new")] {
             remove_any(&leftover)?;
         }
-        for slot in SLOTS {
+        for slot in Slot::BOTH {
             remove_any(&self.root.join("slots").join(format!(".retired-{slot}")))?;
         }
         if state != saved || !self.root.join(STATE).exists() {
@@ -188,7 +218,7 @@ impl StateDir {
 
     /// Moves the verified bundle in `slots/.incoming` into `slot`, replacing
     /// what was there. `current` must not point at `slot`.
-    pub fn commit_incoming(&self, slot: &str) -> Result<()> {
+    pub fn commit_incoming(&self, slot: Slot) -> Result<()> {
         let slots = self.root.join("slots");
         let target = self.slot_dir(slot);
         let retired = slots.join(format!(".retired-{slot}"));
@@ -205,10 +235,10 @@ impl StateDir {
 
     /// Points `current` at `slot`: a new link, renamed over the old one,
     /// then the directory synced.
-    pub fn switch(&self, slot: &str) -> Result<()> {
+    pub fn switch(&self, slot: Slot) -> Result<()> {
         let next = self.root.join("current.new");
         remove_any(&next)?;
-        std::os::unix::fs::symlink(Path::new("slots").join(slot), &next)
+        std::os::unix::fs::symlink(Path::new("slots").join(slot.name()), &next)
             .with_context(|| format!("{}: cannot create", next.display()))?;
         super::crash_point("link-created");
         std::fs::rename(&next, self.root.join(CURRENT))
@@ -233,7 +263,7 @@ pub(crate) fn remove_any(path: &Path) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn slot_with_version(dir: &StateDir, slot: &str, version: u64) {
+    fn slot_with_version(dir: &StateDir, slot: Slot, version: u64) {
         let path = dir.slot_dir(slot);
         std::fs::create_dir_all(&path).unwrap();
         let text = std::fs::read_to_string(concat!(
@@ -250,21 +280,21 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = StateDir::new(tmp.path());
         assert_eq!(dir.active_slot().unwrap(), None);
-        assert_eq!(dir.inactive_slot().unwrap(), "a");
-        slot_with_version(&dir, "a", 1);
-        dir.switch("a").unwrap();
+        assert_eq!(dir.inactive_slot().unwrap(), Slot::A);
+        slot_with_version(&dir, Slot::A, 1);
+        dir.switch(Slot::A).unwrap();
         let state = dir.reconcile().unwrap();
-        assert_eq!((state.active.as_deref(), state.installed, state.last_good), (Some("a"), Some(1), None));
+        assert_eq!((state.active, state.installed, state.last_good), (Some(Slot::A), Some(1), None));
         // A crash after the switch but before the state write: reconcile
         // takes the link's word and keeps the old slot as the last good one.
-        slot_with_version(&dir, "b", 2);
+        slot_with_version(&dir, Slot::B, 2);
         std::fs::create_dir_all(dir.incoming()).unwrap();
-        dir.switch("b").unwrap();
+        dir.switch(Slot::B).unwrap();
         let state = dir.reconcile().unwrap();
-        assert_eq!(state.active.as_deref(), Some("b"));
+        assert_eq!(state.active, Some(Slot::B));
         assert_eq!(
-            (state.installed, state.last_good.as_deref(), state.last_good_version),
-            (Some(2), Some("a"), Some(1))
+            (state.installed, state.last_good, state.last_good_version),
+            (Some(2), Some(Slot::A), Some(1))
         );
         assert_eq!(state.highest_version, 2);
         assert!(!dir.incoming().exists());
