@@ -269,6 +269,8 @@ pub struct RunUpdateArgs {
     /// Time between two polls, with up to 10% random jitter either way.
     #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
     pub update_interval: Duration,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -502,6 +504,14 @@ pub struct AgentArgs {
     pub board: BoardArgs,
     #[command(flatten)]
     pub engine: EngineArgs,
+    #[command(flatten)]
+    pub fetch: FetchArgs,
+}
+
+/// How updates are fetched, for `update check/apply` and `run --update-channel`.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Fetching updates")]
+pub struct FetchArgs {
     /// Give up a request after this long, body included.
     #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -513,6 +523,12 @@ pub struct AgentArgs {
     pub max_bytes: u64,
 }
 
+impl FetchArgs {
+    fn timeouts(&self) -> Timeouts {
+        Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() }
+    }
+}
+
 impl AgentArgs {
     fn options(&self) -> Result<UpdateOptions> {
         let board = self.board.current()?;
@@ -521,8 +537,8 @@ impl AgentArgs {
             trust: self.trust.store()?,
             engine: self.engine.options_on(board.as_ref())?,
             board,
-            timeouts: Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() },
-            max_bytes: self.max_bytes,
+            timeouts: self.fetch.timeouts(),
+            max_bytes: self.fetch.max_bytes,
         })
     }
 }
@@ -608,8 +624,8 @@ fn run_loop(args: RunArgs) -> Result<()> {
                 channel_url: url.clone(),
                 trust: args.bundle.trust.store()?,
                 board: board.clone(),
-                timeouts: Timeouts::default(),
-                max_bytes: 1 << 30,
+                timeouts: args.update.fetch.timeouts(),
+                max_bytes: args.update.fetch.max_bytes,
                 engine: engine_options,
             };
             Some(crate::update::poll(dir, options, args.update.update_interval)?)
