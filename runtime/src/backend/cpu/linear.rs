@@ -1128,6 +1128,21 @@ pub fn replace(model: &mut TypedModel, kernels: Kernels) -> TractResult<Products
     Ok(products)
 }
 
+/// Products (`m`, `K`, `N`) the kernels' tests run: single values, odd
+/// sizes against every tile, a ViT's 197 rows, long `K`.
+#[cfg(test)]
+pub(super) const ODD_SHAPES: [(usize, usize, usize); 9] = [
+    (1, 1, 1),
+    (1, 192, 10),
+    (5, 7, 3),
+    (13, 33, 47),
+    (197, 192, 576),
+    (25, 64, 100),
+    (7, 5, 90),
+    (9, 64, 197),
+    (9, 768, 197),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1177,16 +1192,7 @@ mod tests {
     #[test]
     fn every_kernel_matches_the_reference_on_odd_shapes() {
         for kernel in Kernel::available() {
-            for (m, k, n) in [
-                (1, 1, 1),
-                (1, 192, 10),
-                (5, 7, 3),
-                (13, 33, 47),
-                (197, 192, 576),
-                (25, 64, 100),
-                (7, 5, 90),
-                (9, 64, 197),
-            ] {
+            for (m, k, n) in ODD_SHAPES {
                 for activation in [Activation::None, Activation::Gelu] {
                     check(kernel, m, k, n, true, activation, 1);
                 }

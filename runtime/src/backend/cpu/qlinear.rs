@@ -945,7 +945,7 @@ pub fn qlinear(
 mod tests {
     use std::sync::Arc;
 
-    use super::super::linear::{linear, Activation, PackedWeight};
+    use super::super::linear::{linear, Activation, PackedWeight, ODD_SHAPES};
     use super::*;
     use edgevit_kernels::testing::XorShift;
 
@@ -1017,16 +1017,7 @@ mod tests {
         let kernels = QKernel::available();
         eprintln!("int8 kernels here: {:?}", kernels.iter().map(|k| k.name()).collect::<Vec<_>>());
         for kernel in kernels {
-            for shape in [
-                (1, 1, 1),
-                (1, 192, 10),
-                (5, 7, 3),
-                (13, 33, 47),
-                (197, 192, 576),
-                (25, 64, 100),
-                (7, 5, 90),
-                (9, 768, 197),
-            ] {
+            for shape in ODD_SHAPES {
                 check(kernel, shape, Activation::None, false, 1);
                 check(kernel, shape, Activation::Gelu, true, 1);
             }
