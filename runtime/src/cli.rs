@@ -965,12 +965,17 @@ fn bundle(cmd: BundleCommand) -> Result<()> {
                 m.model.classes,
                 golden
             );
-            if let Some((weights, worst, relative)) = quantized {
-                println!(
+            match quantized {
+                Some((weights, _, _)) if golden == 0 => println!(
+                    "quantized {weights} weights to int8 per output channel; not checked against the f32 \
+                     model: that takes --golden-image"
+                ),
+                Some((weights, worst, relative)) => println!(
                     "quantized {weights} weights to int8 per output channel; against the f32 model on the \
                      golden images: same top-1, logits within {worst:.4} ({:.2}% of the largest)",
                     relative * 100.0
-                );
+                ),
+                None => {}
             }
         }
         BundleCommand::Sign { dir, key } => {

@@ -170,7 +170,7 @@ pub fn create(opts: &CreateOptions) -> Result<Created> {
                 }
                 let diff = out.iter().zip(want).fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
                 let largest = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(f32::MIN_POSITIVE);
-                if diff.is_nan() || diff > opts.quantize_tolerance * largest {
+                if out.iter().any(|v| !v.is_finite()) || diff > opts.quantize_tolerance * largest {
                     bail!(
                         "golden image {}: the int8 logits are up to {diff:.4} from the f32 model's, over \
                          --quantize-tolerance {} x its largest logit {largest:.4}",
