@@ -22,6 +22,7 @@ use tract_onnx::pb::{AttributeProto, ModelProto, NodeProto, TensorProto};
 use crate::backend::cpu::qlinear::quantize_axis;
 
 /// A quantized model: its bytes and how many weights became int8.
+#[derive(Debug)]
 pub struct Quantized {
     pub bytes: Vec<u8>,
     pub weights: usize,
@@ -80,12 +81,16 @@ pub fn quantize_int8(model: &[u8]) -> Result<Quantized> {
     for input in graph.node.iter().flat_map(|n| &n.input) {
         *uses.entry(input.as_str()).or_default() += 1;
     }
-    // The initializers to quantize, with their channel axis.
+    // The initializers to quantize, with their channel axis; not one that
+    // is also a graph input (older exporters list them there), which a
+    // caller could replace.
+    let inputs: HashSet<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
     let mut targets: HashMap<String, usize> = HashMap::new();
     for node in &graph.node {
         let Some(name) = node.input.get(1) else { continue };
         let Some(init) = graph.initializer.iter().find(|t| &t.name == name) else { continue };
-        if init.data_type != DataType::Float as i32 || init.dims.len() < 2 || uses[name.as_str()] != 1 {
+        let single = uses[name.as_str()] == 1 && !inputs.contains(name.as_str());
+        if init.data_type != DataType::Float as i32 || init.dims.len() < 2 || !single {
             continue;
         }
         if let Some(axis) = channel_axis(node, init.dims.len()) {
@@ -151,4 +156,24 @@ pub fn quantize_int8(model: &[u8]) -> Result<Quantized> {
     dequantize.append(&mut graph.node);
     graph.node = dequantize;
     Ok(Quantized { bytes: proto.encode_to_vec(), weights })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_model_quantizes_once_and_garbage_not_at_all() {
+        let fp32 =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../models/fmnist-vit-ggem/model.onnx"))
+                .unwrap();
+        let quantized = quantize_int8(&fp32).unwrap();
+        assert_eq!(quantized.weights, 18);
+        assert!(quantized.bytes.len() * 3 < fp32.len(), "{} of {} bytes", quantized.bytes.len(), fp32.len());
+        // Its weights are int8 now: nothing is left to quantize.
+        let again = quantize_int8(&quantized.bytes).unwrap_err().to_string();
+        assert!(again.contains("no f32 weight"), "{again}");
+        let garbage = quantize_int8(b"\xff\xff\xff not protobuf").unwrap_err();
+        assert!(format!("{garbage:#}").starts_with("model: "), "{garbage:#}");
+    }
 }
