@@ -48,14 +48,14 @@ impl CpuPlan {
     /// or why in f32.
     pub fn int8(&self) -> Option<String> {
         let p = self.products;
-        match (p.int8, p.int8_as_f32) {
-            (0, 0) => None,
-            (n, 0) => Some(format!("{n} int8 products on {}", self.kernels.int8.map_or("?", |k| k.name()))),
-            (_, n) => Some(format!(
-                "{n} int8 products run in f32: this CPU has no fast int8 dot product \
-                 (arm64 asimddp, x86 AVX2 or VNNI)"
-            )),
-        }
+        Some(match self.int8_kernel()? {
+            "f32" => format!(
+                "{} int8 products run in f32: this CPU has no fast int8 dot product \
+                 (arm64 asimddp, x86 AVX2 or VNNI)",
+                p.int8 + p.int8_as_f32
+            ),
+            kernel => format!("{} int8 products on {kernel}", p.int8),
+        })
     }
 }
 
