@@ -1,6 +1,7 @@
 //! `edgevit bench`: latency percentiles, throughput, cold start and peak memory
 //! of one engine, measured in-process. Comparisons with peers live in `tools/`.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -44,6 +45,44 @@ pub struct BenchReport {
     /// Time per run by kind of op, when asked for (`--ops`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ops: Vec<OpTime>,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} v{} {} on {} in {} ({} thread(s)), batch {}, {} iterations",
+            self.model,
+            self.version,
+            self.precision,
+            self.backend,
+            self.float,
+            self.threads,
+            self.batch,
+            self.iterations
+        )?;
+        writeln!(
+            f,
+            "  latency      p50 {:.3} ms   p99 {:.3} ms   mean {:.3} ms",
+            self.p50_ms, self.p99_ms, self.mean_ms
+        )?;
+        writeln!(f, "  throughput   {:.1} images/s", self.throughput)?;
+        writeln!(f, "  cold start   {:.1} ms (main to first result)", self.cold_start_ms)?;
+        writeln!(f, "  peak RSS     {:.1} MiB", self.peak_rss_mib)?;
+        if let Some(kernel) = self.cpu_kernel {
+            writeln!(f, "  cpu kernel   {kernel} (products and attention)")?;
+        }
+        if let Some(int8) = &self.int8 {
+            writeln!(f, "  int8         {int8}")?;
+        }
+        if !self.ops.is_empty() {
+            writeln!(f, "  by op (ms per run, nodes):")?;
+            for op in &self.ops {
+                writeln!(f, "    {:>9.3}  {:>4}  {}", op.ms, op.count, op.op)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The `q` quantile (0..=1) of sorted samples, nearest rank.

@@ -25,7 +25,8 @@ use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::backend::cpu::pool::Pool;
 use crate::backend::cpu::CpuPlan;
-use crate::backend::{panic_message, Backend};
+use crate::backend::{panic_message, select_backend, Backend};
+use crate::board::{BackendChoice, Board};
 use crate::bundle::Bundle;
 use crate::manifest::{InputSpec, Precision};
 use crate::preprocess::{preprocess, ImageView};
@@ -76,6 +77,60 @@ impl EngineOptions {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
+    }
+}
+
+/// Where and how the network runs: the flags of every verb that loads a
+/// model.
+#[derive(Debug, clap::Args)]
+pub struct EngineArgs {
+    /// Where the network runs: `auto` takes CUDA where it can run and
+    /// falls back to the CPU, saying why at info level. Default: the board
+    /// profile's, else auto.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// Run GGeM heads as the exported ops instead of the fused op (for comparison).
+    #[arg(long)]
+    pub no_fusion: bool,
+    /// CPU threads for the network (0: every core). Default: the board
+    /// profile's when one is in force, else 1.
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Precision of the network's weights and activations (the input and
+    /// logits stay f32). Default: f16 on cuda, f32 on cpu.
+    #[arg(long, value_enum)]
+    pub float: Option<Float>,
+    /// Store the matrix products' weights as Q4_0 blocks (tract's block
+    /// quantization, 4.5 bits a weight) when the model loads.
+    #[arg(long)]
+    pub block_quant: bool,
+}
+
+/// Float precision the network runs in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Float {
+    F32,
+    F16,
+}
+
+impl EngineArgs {
+    pub fn options(&self) -> Result<EngineOptions> {
+        self.options_on(None)
+    }
+
+    /// The options, taking what the command line leaves open from `board`.
+    pub fn options_on(&self, board: Option<&Board>) -> Result<EngineOptions> {
+        let choice = self.backend.or(board.map(|b| b.backend)).unwrap_or(BackendChoice::Auto);
+        let threads = self.threads.or(board.map(|b| b.threads as usize)).unwrap_or(1);
+        let backend = select_backend(choice, board)?;
+        Ok(EngineOptions {
+            backend,
+            fuse_ggem: !self.no_fusion,
+            threads,
+            half: self.float.map_or(backend == Backend::Cuda, |f| f == Float::F16),
+            block_quant: self.block_quant,
+            ..EngineOptions::default()
+        })
     }
 }
 
@@ -513,5 +568,28 @@ impl fmt::Display for GoldenReport {
             "golden top-1 {}/{}, max |logit diff| {:.3e} (tolerance {:.0e}; worst: image {i} class {c}: {a} vs {b})",
             self.top1_agree, self.count, self.max_abs_diff, self.tolerance
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine_args(threads: Option<usize>) -> EngineArgs {
+        EngineArgs {
+            backend: Some(BackendChoice::Cpu),
+            no_fusion: false,
+            threads,
+            float: None,
+            block_quant: false,
+        }
+    }
+
+    #[test]
+    fn threads_come_from_the_command_line_then_the_board_then_one() {
+        let orin = Board::named("jetson-agx-orin").unwrap();
+        assert_eq!(engine_args(Some(3)).options_on(Some(&orin)).unwrap().threads, 3);
+        assert_eq!(engine_args(None).options_on(Some(&orin)).unwrap().threads, orin.threads as usize);
+        assert_eq!(engine_args(None).options().unwrap().threads, 1);
     }
 }

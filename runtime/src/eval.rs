@@ -1,11 +1,13 @@
 //! Accuracy on a labelled set in idx format (MNIST, Fashion-MNIST), read
 //! directly from the `.gz` files.
 
+use std::fmt;
 use std::io::{BufRead, Read};
 use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use serde::Serialize;
 
 use crate::engine::Engine;
 use crate::postprocess::argmax;
@@ -88,6 +90,59 @@ pub struct Accuracy {
 impl Accuracy {
     pub fn percent(&self) -> f64 {
         100.0 * self.correct as f64 / self.total.max(1) as f64
+    }
+}
+
+/// What `edgevit eval` reports: the engine and its accuracy.
+#[derive(Debug, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub version: u64,
+    pub precision: &'static str,
+    pub backend: &'static str,
+    /// Precision the network ran in: `f32` or `f16`.
+    pub float: &'static str,
+    pub block_quant: bool,
+    pub correct: usize,
+    pub total: usize,
+    /// Top-1 accuracy in percent.
+    pub accuracy: f64,
+    pub seconds: f64,
+}
+
+impl EvalReport {
+    pub fn new(engine: &Engine, acc: &Accuracy) -> EvalReport {
+        EvalReport {
+            model: engine.name.clone(),
+            version: engine.version,
+            precision: engine.precision.name(),
+            backend: engine.backend.name(),
+            float: engine.float(),
+            block_quant: engine.block_quant,
+            correct: acc.correct,
+            total: acc.total,
+            accuracy: acc.percent(),
+            seconds: acc.seconds,
+        }
+    }
+}
+
+impl fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} v{} {} on {} in {}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
+            self.model,
+            self.version,
+            self.precision,
+            self.backend,
+            self.float,
+            self.accuracy,
+            self.correct,
+            self.total,
+            self.seconds,
+            self.seconds * 1e3 / self.total.max(1) as f64
+        )
     }
 }
 

@@ -119,6 +119,24 @@ impl TrustStore {
     }
 }
 
+/// Which public keys to trust: the flags of every verb that opens a bundle
+/// or a channel.
+#[derive(Debug, clap::Args)]
+pub struct TrustArgs {
+    /// Trust this public key file (repeatable), in addition to `--trust-dir`.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    pub trust: Vec<PathBuf>,
+    /// Directory of trusted `*.pub` keys.
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_TRUST_DIR)]
+    pub trust_dir: PathBuf,
+}
+
+impl TrustArgs {
+    pub fn store(&self) -> Result<TrustStore> {
+        TrustStore::load(&self.trust, Some(&self.trust_dir))
+    }
+}
+
 /// A secret signing key read from a `.key` file.
 pub struct SecretKey(SigningKey);
 

@@ -8,6 +8,7 @@
 //! been taken, so every file is classified.
 
 use std::collections::VecDeque;
+use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
@@ -177,41 +178,32 @@ struct Smoother {
     window: usize,
     history: VecDeque<Vec<f32>>,
     sum: Vec<f32>,
-    log_mean: Vec<f32>,
+    mean: Vec<f32>,
 }
 
 impl Smoother {
-    fn new(window: usize, classes: usize) -> Smoother {
-        Smoother {
-            window,
-            history: VecDeque::with_capacity(window + 1),
-            sum: vec![0.0; classes],
-            log_mean: vec![0.0; classes],
-        }
+    fn new(window: usize) -> Smoother {
+        Smoother { window, history: VecDeque::with_capacity(window + 1), sum: Vec::new(), mean: Vec::new() }
     }
 
-    /// Adds this frame's logits and returns logits whose softmax is the
-    /// windowed mean of the probabilities.
-    fn push(&mut self, logits: &[f32]) -> &[f32] {
-        let mut probs = if self.history.len() == self.window {
+    /// Adds this frame's probabilities and returns their mean over the window.
+    fn push(&mut self, probs: &[f32]) -> &[f32] {
+        let mut slot = if self.history.len() == self.window {
             let old = self.history.pop_front().expect("window is full");
             self.sum.iter_mut().zip(&old).for_each(|(s, o)| *s -= o);
             old
         } else {
-            vec![0.0; logits.len()]
+            Vec::with_capacity(probs.len())
         };
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let total: f32 = logits.iter().map(|v| (v - max).exp()).sum();
-        for (p, v) in probs.iter_mut().zip(logits) {
-            *p = (v - max).exp() / total;
-        }
-        self.sum.iter_mut().zip(&probs).for_each(|(s, p)| *s += p);
-        self.history.push_back(probs);
+        slot.clear();
+        slot.extend_from_slice(probs);
+        self.sum.resize(probs.len(), 0.0);
+        self.sum.iter_mut().zip(&slot).for_each(|(s, p)| *s += p);
+        self.history.push_back(slot);
         let n = self.history.len() as f32;
-        for (l, s) in self.log_mean.iter_mut().zip(&self.sum) {
-            *l = (s.max(0.0) / n).max(f32::MIN_POSITIVE).ln();
-        }
-        &self.log_mean
+        self.mean.clear();
+        self.mean.extend(self.sum.iter().map(|s| s.max(0.0) / n));
+        &self.mean
     }
 }
 
@@ -230,16 +222,49 @@ pub struct LoopOptions {
     pub max_frames: Option<u64>,
 }
 
-/// What a run did.
-#[derive(Debug)]
-pub struct Summary {
+/// What a run did and how fast: frames, drops, the stage histograms and
+/// the FPS the overlay shows. Printed, it is the summary `run` ends with.
+#[derive(Clone, Debug)]
+pub struct Stats {
     pub frames: u64,
     pub dropped: u64,
+    /// From the loop's start to its last frame (to its end, once finished).
     pub seconds: f64,
     pub stages: [Histogram; 5],
+    /// Frames per second, smoothed over the last few frames.
+    live_fps: f32,
+    start: Instant,
+    last: Instant,
 }
 
-impl Summary {
+impl Stats {
+    fn new() -> Stats {
+        let now = Instant::now();
+        Stats {
+            frames: 0,
+            dropped: 0,
+            seconds: 0.0,
+            stages: Default::default(),
+            live_fps: 0.0,
+            start: now,
+            last: now,
+        }
+    }
+
+    /// Counts a frame whose stages took `times` (in [`STAGES`] order) and
+    /// that was on screen at `shown`.
+    fn record(&mut self, times: [Duration; 5], shown: Instant) {
+        for (h, d) in self.stages.iter_mut().zip(times) {
+            h.record(d);
+        }
+        self.frames += 1;
+        let rate = 1.0 / (shown - self.last).as_secs_f32().max(1e-6);
+        self.live_fps = if self.frames == 1 { rate } else { 0.9 * self.live_fps + 0.1 * rate };
+        self.last = shown;
+        self.seconds = (shown - self.start).as_secs_f64();
+    }
+
+    /// Mean frames per second over the run.
     pub fn fps(&self) -> f64 {
         self.frames as f64 / self.seconds.max(f64::MIN_POSITIVE)
     }
@@ -254,7 +279,117 @@ impl Summary {
     }
 }
 
-/// Consumes frames from `slot` until the stream ends or `stop` is set.
+impl fmt::Display for Stats {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "{} frames, {} dropped, {:.1} FPS over {:.2} s",
+            self.frames,
+            self.dropped,
+            self.fps(),
+            self.seconds
+        )?;
+        f.write_str(&self.table())
+    }
+}
+
+/// What the consumer keeps from frame to frame: the ranking buffers and the
+/// smoother.
+struct Classifier {
+    topk: TopK,
+    ranked: Vec<Scored>,
+    smoother: Smoother,
+    /// The frame's logits, for `--json`.
+    logits: Vec<f32>,
+}
+
+impl Classifier {
+    fn new(smoothing: usize) -> Classifier {
+        Classifier {
+            topk: TopK::default(),
+            ranked: Vec::new(),
+            smoother: Smoother::new(smoothing.max(1)),
+            logits: Vec::new(),
+        }
+    }
+
+    /// Runs the network on `image` and ranks the classes by their
+    /// probabilities averaged over the smoothing window. Returns when each
+    /// step ended: input written, network run, classes ranked.
+    fn classify(&mut self, engine: &mut Engine, image: &Image, opts: &LoopOptions) -> Result<[Instant; 3]> {
+        engine.set_image(image.view());
+        let input = Instant::now();
+        let logits = engine.run()?;
+        let network = Instant::now();
+        if opts.json {
+            self.logits.clear();
+            self.logits.extend_from_slice(logits);
+        }
+        let mean = self.smoother.push(self.topk.probabilities(logits));
+        self.topk.rank_probabilities(mean, opts.top_k, opts.threshold, &mut self.ranked);
+        Ok([input, network, Instant::now()])
+    }
+}
+
+/// Swaps in the engine an update delivered, if any, between two frames.
+fn swap(
+    engine: &mut Engine,
+    updates: Option<&Receiver<Engine>>,
+    classifier: &mut Classifier,
+    opts: &LoopOptions,
+) {
+    let Some(new) = updates.and_then(|rx| rx.try_recv().ok()) else { return };
+    log::info!("now running {} v{} (was v{})", new.name, new.version, engine.version);
+    drop(std::mem::replace(engine, new));
+    release_free_memory();
+    // The new model may have other classes: start the average afresh.
+    *classifier = Classifier::new(opts.smoothing);
+}
+
+/// Draws the frame with its classes and the FPS, and shows it.
+fn overlay_and_present(
+    display: &mut dyn Display,
+    engine: &Engine,
+    frame: &Frame,
+    ranked: &[Scored],
+    fps: f32,
+) -> Result<()> {
+    let top: Vec<(f32, &str)> = ranked.iter().map(|s| (s.score, engine.labels[s.class].as_str())).collect();
+    let backend = engine.backend.name();
+    let content = OverlayContent { top: &top, model: &engine.name, version: engine.version, backend, fps };
+    display.render(&frame.image, &content)?;
+    display.present()
+}
+
+/// Writes what `--json` and `--profile` ask for after a frame.
+fn report(
+    out: &mut dyn Write,
+    engine: &Engine,
+    frame: &Frame,
+    classifier: &Classifier,
+    stats: &Stats,
+    opts: &LoopOptions,
+) -> Result<()> {
+    if opts.json {
+        let prediction = Prediction {
+            image: None,
+            frame: Some(frame.index),
+            model: &engine.name,
+            version: engine.version,
+            backend: engine.backend.name(),
+            top_k: Ranked::named(&classifier.ranked, &engine.labels),
+            logits: &classifier.logits,
+        };
+        writeln!(out, "{}", serde_json::to_string(&prediction)?)?;
+    }
+    if let Some(every) = opts.profile_every.filter(|&n| n > 0 && stats.frames.is_multiple_of(n)) {
+        writeln!(out, "after {every} frames:\n{}", stats.table())?;
+    }
+    Ok(())
+}
+
+/// Consumes frames from `slot` until the stream ends or `stop` is set:
+/// take, swap in an update, classify, overlay and present, record.
 /// An engine arriving on `updates` replaces `engine` between two frames.
 pub fn consume(
     engine: &mut Engine,
@@ -264,79 +399,28 @@ pub fn consume(
     opts: &LoopOptions,
     updates: Option<&Receiver<Engine>>,
     out: &mut dyn Write,
-) -> Result<Summary> {
-    let mut topk = TopK::default();
-    let mut ranked: Vec<Scored> = Vec::new();
-    // The frame's logits, for `--json`.
-    let mut raw: Vec<f32> = Vec::new();
-    let mut smoother = Smoother::new(opts.smoothing.max(1), engine.labels.len());
-    let mut stages: [Histogram; 5] = Default::default();
-    let mut frames = 0u64;
-    let mut fps = 0.0f32;
-    let start = Instant::now();
-    let mut last = start;
+) -> Result<Stats> {
+    let mut classifier = Classifier::new(opts.smoothing);
+    let mut stats = Stats::new();
     while let Some(frame) = slot.take(stop)? {
-        if let Some(new) = updates.and_then(|rx| rx.try_recv().ok()) {
-            log::info!("now running {} v{} (was v{})", new.name, new.version, engine.version);
-            drop(std::mem::replace(engine, new));
-            release_free_memory();
-            smoother = Smoother::new(opts.smoothing.max(1), engine.labels.len());
-        }
-        let backend = engine.backend.name();
-        let t0 = Instant::now();
-        engine.set_image(frame.image.view());
-        let t1 = Instant::now();
-        let logits = engine.run()?;
-        let t2 = Instant::now();
-        if opts.json {
-            raw.clear();
-            raw.extend_from_slice(logits);
-        }
-        let smoothed = smoother.push(logits);
-        topk.rank(smoothed, opts.top_k, opts.threshold, &mut ranked);
-        let t3 = Instant::now();
-        let top: Vec<(f32, &str)> =
-            ranked.iter().map(|s| (s.score, engine.labels[s.class].as_str())).collect();
-        let content =
-            OverlayContent { top: &top, model: &engine.name, version: engine.version, backend, fps };
-        display.render(&frame.image, &content)?;
-        display.present()?;
-        let t4 = Instant::now();
-        for (h, d) in stages.iter_mut().zip([t1 - t0, t2 - t1, t3 - t2, t4 - t3, t4 - t0]) {
-            h.record(d);
-        }
-        frames += 1;
+        swap(engine, updates, &mut classifier, opts);
+        let taken = Instant::now();
+        let [input, network, ranked] = classifier.classify(engine, &frame.image, opts)?;
+        overlay_and_present(display, engine, &frame, &classifier.ranked, stats.live_fps)?;
+        let shown = Instant::now();
+        stats
+            .record([input - taken, network - input, ranked - network, shown - ranked, shown - taken], shown);
         crate::watchdog::alive();
-        let dt = (t4 - last).as_secs_f32();
-        last = t4;
-        fps = if frames == 1 { 1.0 / dt.max(1e-6) } else { 0.9 * fps + 0.1 / dt.max(1e-6) };
-        if opts.json {
-            let prediction = Prediction {
-                image: None,
-                frame: Some(frame.index),
-                model: &engine.name,
-                version: engine.version,
-                backend,
-                top_k: Ranked::named(&ranked, &engine.labels),
-                logits: &raw,
-            };
-            writeln!(out, "{}", serde_json::to_string(&prediction)?)?;
-        }
-        if let Some(every) = opts.profile_every.filter(|&n| n > 0 && frames.is_multiple_of(n)) {
-            let summary = Summary {
-                frames,
-                dropped: slot.dropped(),
-                seconds: start.elapsed().as_secs_f64(),
-                stages: stages.clone(),
-            };
-            writeln!(out, "after {every} frames:\n{}", summary.table())?;
-        }
-        if opts.max_frames.is_some_and(|m| frames >= m) {
+        stats.dropped = slot.dropped();
+        report(out, engine, &frame, &classifier, &stats, opts)?;
+        if opts.max_frames.is_some_and(|m| stats.frames >= m) {
             stop.store(true, Ordering::Relaxed);
             break;
         }
     }
-    Ok(Summary { frames, dropped: slot.dropped(), seconds: start.elapsed().as_secs_f64(), stages })
+    stats.dropped = slot.dropped();
+    stats.seconds = stats.start.elapsed().as_secs_f64();
+    Ok(stats)
 }
 
 /// Hands the heap pages freed by a dropped engine back to the kernel. The
@@ -360,7 +444,7 @@ pub fn run(
     opts: &LoopOptions,
     updates: Option<&Receiver<Engine>>,
     out: &mut dyn Write,
-) -> Result<Summary> {
+) -> Result<Stats> {
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("cannot install signal handlers")?;
@@ -447,12 +531,10 @@ mod tests {
 
     #[test]
     fn smoothing_averages_probabilities() {
-        let mut s = Smoother::new(2, 2);
-        let a = s.push(&[0.0, 0.0]).to_vec(); // p = (0.5, 0.5)
-        assert!((a[0].exp() - 0.5).abs() < 1e-6);
-        let b = s.push(&[10.0, -10.0]).to_vec(); // p ~ (1, 0): mean (0.75, 0.25)
-        assert!((b[0].exp() - 0.75).abs() < 1e-4 && (b[1].exp() - 0.25).abs() < 1e-4, "{b:?}");
-        let c = s.push(&[10.0, -10.0]).to_vec(); // window of 2: mean (1, 0)
-        assert!((c[0].exp() - 1.0).abs() < 1e-4, "{c:?}");
+        let mut s = Smoother::new(2);
+        assert_eq!(s.push(&[0.5, 0.5]), [0.5, 0.5]);
+        assert_eq!(s.push(&[1.0, 0.0]), [0.75, 0.25]);
+        // A window of 2: the first frame has left it.
+        assert_eq!(s.push(&[1.0, 0.0]), [1.0, 0.0]);
     }
 }

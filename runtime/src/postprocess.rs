@@ -22,6 +22,17 @@ pub fn argmax(logits: &[f32]) -> usize {
     best
 }
 
+/// How logits become the answer: the flags of `run` and `classify`.
+#[derive(Debug, clap::Args)]
+pub struct PostprocessArgs {
+    /// Number of classes to report per image (0: all).
+    #[arg(long, default_value_t = 5)]
+    pub top_k: usize,
+    /// Report only classes whose score is at least this (0..1).
+    #[arg(long, default_value_t = 0.0)]
+    pub threshold: f32,
+}
+
 /// Ranks classes by softmax score; reuses its buffers between calls.
 #[derive(Debug, Default)]
 pub struct TopK {
@@ -30,31 +41,43 @@ pub struct TopK {
 }
 
 impl TopK {
-    /// Writes into `out` the `k` best classes whose score is at least
-    /// `threshold`, best first. `k = 0` keeps every class.
-    pub fn rank(&mut self, logits: &[f32], k: usize, threshold: f32, out: &mut Vec<Scored>) {
-        out.clear();
-        if logits.is_empty() {
-            return;
-        }
+    /// The softmax of `logits`, in a buffer kept for the next call.
+    pub fn probabilities(&mut self, logits: &[f32]) -> &[f32] {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         self.probs.clear();
         self.probs.extend(logits.iter().map(|v| (v - max).exp()));
         let sum: f32 = self.probs.iter().sum();
         self.probs.iter_mut().for_each(|p| *p /= sum);
-        self.order.clear();
-        self.order.extend(0..logits.len());
-        let probs = &self.probs;
-        self.order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
-        let k = if k == 0 { logits.len() } else { k };
-        out.extend(
-            self.order
-                .iter()
-                .take(k)
-                .map(|&class| Scored { class, score: probs[class] })
-                .filter(|s| s.score >= threshold),
-        );
+        &self.probs
     }
+
+    /// Writes into `out` the `k` best classes whose score is at least
+    /// `threshold`, best first. `k = 0` keeps every class.
+    pub fn rank(&mut self, logits: &[f32], k: usize, threshold: f32, out: &mut Vec<Scored>) {
+        self.probabilities(logits);
+        rank_into(&mut self.order, &self.probs, k, threshold, out);
+    }
+
+    /// [`TopK::rank`] of classes whose probabilities are already known
+    /// (e.g. averaged over frames).
+    pub fn rank_probabilities(&mut self, probs: &[f32], k: usize, threshold: f32, out: &mut Vec<Scored>) {
+        rank_into(&mut self.order, probs, k, threshold, out);
+    }
+}
+
+fn rank_into(order: &mut Vec<usize>, probs: &[f32], k: usize, threshold: f32, out: &mut Vec<Scored>) {
+    out.clear();
+    order.clear();
+    order.extend(0..probs.len());
+    order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+    let k = if k == 0 { probs.len() } else { k };
+    out.extend(
+        order
+            .iter()
+            .take(k)
+            .map(|&class| Scored { class, score: probs[class] })
+            .filter(|s| s.score >= threshold),
+    );
 }
 
 /// One classification, as `classify --json` (per image) and `run --json`
@@ -76,6 +99,22 @@ pub struct Prediction<'a> {
     pub top_k: Vec<Ranked<'a>>,
     /// The network's logits for this image, one per class.
     pub logits: &'a [f32],
+}
+
+/// The text form: the image (or frame), then one `NN.NN% label` line per
+/// ranked class.
+impl std::fmt::Display for Prediction<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.image, self.frame) {
+            (Some(image), _) => writeln!(f, "{image}")?,
+            (None, Some(frame)) => writeln!(f, "frame {frame}")?,
+            (None, None) => {}
+        }
+        for r in &self.top_k {
+            writeln!(f, "{:6.2}% {}", r.score * 100.0, r.label)?;
+        }
+        Ok(())
+    }
 }
 
 /// A class of [`Prediction::top_k`].

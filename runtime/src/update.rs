@@ -12,13 +12,18 @@ pub mod channel;
 pub mod fetch;
 pub mod slots;
 
+use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use rand_core::{OsRng, RngCore};
 
-use crate::engine::Engine;
+use crate::board::Board;
+use crate::bundle::{Bundle, SignaturePolicy};
+use crate::engine::{Engine, EngineOptions};
+use crate::keys::TrustArgs;
+use slots::StateDir;
 
 /// Where a device keeps its slots, the `current` link and `state.toml`.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgevit";
@@ -47,17 +52,122 @@ pub(crate) fn crash_point(step: &str) {
 #[inline(always)]
 pub(crate) fn crash_point(_step: &str) {}
 
+/// Which bundle runs: the flags of every verb that loads one.
+#[derive(Debug, clap::Args)]
+pub struct BundleArgs {
+    /// Bundle directory or `.tar`. Without it: the bundle installed in
+    /// `--state-dir`, else the default bundle built into the binary.
+    #[arg(long = "bundle", value_name = "PATH")]
+    pub path: Option<PathBuf>,
+    /// State directory of remote updates (slots a/b, `current`, `state.toml`)
+    /// [default: /var/lib/edgevit when it holds an installed bundle].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Do not check the manifest signature (hashes are still checked). Logged.
+    #[arg(long)]
+    pub skip_signature: bool,
+}
+
+impl BundleArgs {
+    fn policy(&self) -> SignaturePolicy {
+        if self.skip_signature {
+            SignaturePolicy::Skip
+        } else {
+            SignaturePolicy::Require
+        }
+    }
+
+    /// The state directory whose `current` bundle runs: the given one, or the
+    /// device's when it holds an installed bundle.
+    pub fn state_dir(&self) -> Option<StateDir> {
+        match &self.state_dir {
+            Some(dir) => Some(StateDir::new(dir)),
+            None => Some(StateDir::new(DEFAULT_STATE_DIR)).filter(StateDir::is_installed),
+        }
+    }
+
+    /// Opens and verifies the chosen bundle and hands it to `load`. A bundle
+    /// from the state directory that fails to open or load falls back to the
+    /// last good slot.
+    pub fn open_with<T>(&self, mut load: impl FnMut(Bundle) -> Result<T>) -> Result<T> {
+        if let Some(path) = &self.path {
+            return load(Bundle::open(path, &self.trust.store()?, self.policy())?);
+        }
+        match self.state_dir() {
+            Some(dir) if dir.is_installed() => {
+                let trust = self.trust.store()?;
+                agent::open_active(&dir, |slot| load(Bundle::open(slot, &trust, self.policy())?))
+            }
+            Some(dir) => {
+                log::info!("{}: no bundle installed yet; running the built-in default", dir.root.display());
+                load(crate::embedded::default_bundle()?)
+            }
+            None => load(crate::embedded::default_bundle()?),
+        }
+    }
+
+    /// Opens and verifies the chosen bundle.
+    pub fn open(&self) -> Result<Bundle> {
+        self.open_with(Ok)
+    }
+
+    /// Opens the chosen bundle and loads its engine.
+    pub fn load(&self, options: &EngineOptions) -> Result<(Bundle, Engine)> {
+        self.open_with(|bundle| {
+            let engine = Engine::load(&bundle, options)?;
+            Ok((bundle, engine))
+        })
+    }
+}
+
+/// Updates while `run` runs.
+#[derive(Debug, clap::Args)]
+pub struct RunUpdateArgs {
+    /// Poll this channel (`https://.../channel.toml`) and swap in each new
+    /// version between two frames; installs into `--state-dir` (default
+    /// /var/lib/edgevit).
+    #[arg(long, value_name = "URL")]
+    pub update_channel: Option<String>,
+    /// Time between two polls, with up to 10% random jitter either way.
+    #[arg(long, value_name = "DURATION", default_value = "15m", value_parser = parse_duration)]
+    pub update_interval: Duration,
+    #[command(flatten)]
+    pub fetch: fetch::FetchArgs,
+}
+
+impl RunUpdateArgs {
+    /// The poller of `--update-channel`, installing into `bundle`'s state
+    /// directory and loading new engines as `engine` says; none without a
+    /// channel.
+    pub fn poll(
+        &self,
+        bundle: &BundleArgs,
+        board: Option<Board>,
+        engine: EngineOptions,
+    ) -> Result<Option<Receiver<Engine>>> {
+        let Some(url) = &self.update_channel else { return Ok(None) };
+        let dir = StateDir::new(bundle.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        let options = agent::UpdateOptions {
+            channel_url: url.clone(),
+            trust: bundle.trust.store()?,
+            board,
+            timeouts: self.fetch.timeouts(),
+            max_bytes: self.fetch.max_bytes,
+            engine,
+        };
+        poll(dir, options, self.update_interval).map(Some)
+    }
+}
+
 /// Polls the channel in the background: the first check within a tenth of
 /// `interval`, then one every `interval`, each wait jittered by up to 10%
 /// either way so that a fleet does not poll in step. Each new version is
 /// installed by [`agent::apply`] and its loaded, health-checked engine sent
 /// to the returned receiver, which the run loop swaps in between frames.
 /// The thread ends when the receiver is dropped.
-pub fn poll(
-    dir: slots::StateDir,
-    options: agent::UpdateOptions,
-    interval: Duration,
-) -> Result<Receiver<Engine>> {
+pub fn poll(dir: StateDir, options: agent::UpdateOptions, interval: Duration) -> Result<Receiver<Engine>> {
     let (tx, rx) = sync_channel(1);
     let jitter = move |lo: f64, hi: f64| {
         interval.mul_f64(lo + (hi - lo) * (OsRng.next_u32() as f64 / u32::MAX as f64))

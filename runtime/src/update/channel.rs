@@ -121,6 +121,25 @@ pub fn write(dir: &Path, channel: &Channel, key: &SecretKey) -> Result<()> {
 pub struct Published {
     pub channel: Channel,
     pub tarball: PathBuf,
+    /// The `channel.toml` written next to it.
+    pub channel_file: PathBuf,
+}
+
+impl std::fmt::Display for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let c = &self.channel;
+        write!(
+            f,
+            "published {} v{}: {} ({} bytes, sha256 {}); {} expires {}",
+            c.name,
+            c.version,
+            self.tarball.display(),
+            c.size,
+            c.sha256,
+            self.channel_file.display(),
+            c.expires
+        )
+    }
 }
 
 /// Publishes the bundle at `bundle` (a directory or a `.tar`): verifies it
@@ -158,7 +177,7 @@ pub fn publish(
         expires: super::format_utc(super::now_unix().saturating_add(valid_for.as_secs() as i64)),
     };
     write(out, &channel, key)?;
-    Ok(Published { channel, tarball })
+    Ok(Published { channel, tarball, channel_file: out.join(CHANNEL) })
 }
 
 /// A tar of `names` (relative paths inside `dir`), in that order, with

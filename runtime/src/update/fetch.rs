@@ -31,6 +31,28 @@ impl Default for Timeouts {
     }
 }
 
+/// How updates are fetched: the flags of `update check/apply` and of `run
+/// --update-channel`.
+#[derive(Debug, clap::Args)]
+#[command(next_help_heading = "Fetching updates")]
+pub struct FetchArgs {
+    /// Give up a request after this long, body included.
+    #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = super::parse_duration)]
+    pub timeout: Duration,
+    /// Give up when no byte arrives for this long.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::parse_duration)]
+    pub stall_timeout: Duration,
+    /// Refuse bundles larger than this many bytes, whatever the channel says.
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
+    pub max_bytes: u64,
+}
+
+impl FetchArgs {
+    pub fn timeouts(&self) -> Timeouts {
+        Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() }
+    }
+}
+
 /// What one `download` call moved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Downloaded {

@@ -87,6 +87,20 @@ pub struct State {
     pub updated: Option<String>,
 }
 
+/// The state directory of updates, as the `update` verbs take it.
+#[derive(Debug, clap::Args)]
+pub struct StateArgs {
+    /// Slots a/b, `current` and `state.toml` live here.
+    #[arg(long, value_name = "DIR", default_value = super::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+}
+
+impl StateArgs {
+    pub fn dir(&self) -> StateDir {
+        StateDir::new(&self.state_dir)
+    }
+}
+
 /// A state directory, e.g. `/var/lib/edgevit`.
 #[derive(Clone, Debug)]
 pub struct StateDir {
