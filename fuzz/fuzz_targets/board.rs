@@ -1,7 +1,7 @@
 //! A board profile, as `/etc/edgevit/board.toml` or `--board-file`.
 #![no_main]
 
-use edgevit::board::Board;
+use edgevit::Board;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::bundle::RawBundle;
+use edgevit::RawBundle;
 use edgevit::SignaturePolicy;
 use libfuzzer_sys::fuzz_target;
 

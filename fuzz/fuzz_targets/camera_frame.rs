@@ -2,7 +2,7 @@
 //! format, size and stride, the rest is the frame.
 #![no_main]
 
-use edgevit::source::{camera_frame, Pixels};
+use edgevit::{camera_frame, Pixels};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::update::channel::Channel;
+use edgevit::channel::Channel;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use edgevit::keys::TrustStore;
+use edgevit::TrustStore;
 
 /// Trusts the development key, which signs the seed corpora.
 pub fn trust() -> &'static TrustStore {

@@ -2,8 +2,8 @@
 //! shapes the runtime meets: 28x28 luma and 224x224 RGB.
 #![no_main]
 
-use edgevit::manifest::{InputSpec, Layout};
-use edgevit::preprocess::{preprocess, Image};
+use edgevit::{InputSpec, Layout};
+use edgevit::{preprocess, Image};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

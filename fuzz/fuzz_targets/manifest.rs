@@ -6,7 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::bundle::{parse_manifest, RawBundle};
+use edgevit::{parse_manifest, RawBundle};
 use edgevit::SignaturePolicy;
 use libfuzzer_sys::fuzz_target;
 

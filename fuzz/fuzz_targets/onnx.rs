@@ -3,8 +3,8 @@
 //! preparation for the CPU.
 #![no_main]
 
-use edgevit::bundle::{file_entry, RawBundle};
-use edgevit::keys::TrustStore;
+use edgevit::{file_entry, RawBundle};
+use edgevit::TrustStore;
 use edgevit::{Engine, EngineOptions, SignaturePolicy};
 use libfuzzer_sys::fuzz_target;
 

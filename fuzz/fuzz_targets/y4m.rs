@@ -7,7 +7,7 @@
 mod common;
 
 use clap::Parser;
-use edgevit::source::{open, Capture, SourceArgs};
+use edgevit::{open_source, Capture, SourceArgs};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Parser)]
@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
     let path = common::scratch().join("clip.y4m");
     std::fs::write(&path, data).unwrap();
     let args = Args::parse_from(["fuzz", "--input-loop", "0"]).source;
-    let Ok(mut source) = open(&format!("file://{}", path.display()), &args) else { return };
+    let Ok(mut source) = open_source(&format!("file://{}", path.display()), &args) else { return };
     for _ in 0..4 {
         match source.capture() {
             Ok(Capture::Frame(_)) | Ok(Capture::NotYet) => {}

@@ -29,7 +29,7 @@ use embedded_graphics::prelude::*;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 
-pub use fb::{Bitfield, FbCanvas, FbGeometry, Framebuffer};
+pub use fb::Framebuffer;
 pub use png::PngSnapshots;
 
 use crate::overlay::OverlayContent;
@@ -149,11 +149,13 @@ impl Canvas {
     }
 
     /// The pixels, RGB, rows packed.
+    #[cfg(test)]
     pub fn data(&self) -> &[u8] {
         &self.data
     }
 
     /// The pixel at `(x, y)`; panics outside the canvas.
+    #[cfg(test)]
     pub fn pixel(&self, x: u32, y: u32) -> Rgb888 {
         assert!(x < self.width && y < self.height, "({x}, {y}) outside {}x{}", self.width, self.height);
         let i = (y as usize * self.width as usize + x as usize) * 3;
@@ -168,6 +170,7 @@ impl Canvas {
     }
 
     /// Sets every pixel to `color`.
+    #[cfg(test)]
     pub fn fill(&mut self, color: Rgb888) {
         for px in self.data.chunks_exact_mut(3) {
             px.copy_from_slice(&[color.r(), color.g(), color.b()]);

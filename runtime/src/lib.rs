@@ -1,36 +1,54 @@
 //! edgevit: classify camera frames with a quantized Vision Transformer.
 //!
-//! The pipeline, one module per stage: [`preprocess`] turns an image into
-//! the model input, [`engine`] runs a [`bundle`]'s model through tract,
-//! [`postprocess`] ranks the classes. [`cli`] wires them into verbs.
+//! The pipeline, one module per stage: `preprocess` turns an image into
+//! the model input, `engine` runs a bundle's model through tract on a
+//! backend, `postprocess` ranks the classes, `pipeline` runs the camera
+//! loop. `cli` wires them into verbs. The modules are the crate's own; what
+//! the binary, the end-to-end tests, the fuzz targets and the firmware
+//! tools use is re-exported here.
 
-pub mod backend;
-pub mod bench;
-pub mod board;
-pub mod bundle;
-pub mod cli;
+mod backend;
+mod bench;
+mod board;
+mod bundle;
+mod cli;
 mod create;
-pub mod display;
+mod display;
 mod embedded;
-pub mod engine;
-pub mod eval;
+mod engine;
+mod eval;
 mod fsutil;
-pub mod ggem;
-pub mod keys;
-pub mod manifest;
-pub mod overlay;
-pub mod pipeline;
-pub mod postprocess;
-pub mod preprocess;
+mod ggem;
+mod keys;
+mod manifest;
+mod overlay;
+mod pipeline;
+mod postprocess;
+mod preprocess;
 mod quantize;
-pub mod source;
-pub mod update;
+mod source;
+mod update;
 mod watchdog;
 
-pub use backend::Backend;
-pub use bundle::{Bundle, SignaturePolicy};
+pub use backend::cpu::{Kernel as CpuKernel, QKernel};
+pub use backend::{why_not_cuda, Backend};
+pub use board::Board;
+pub use bundle::{
+    f32_bytes, f32s, file_entry, parse_manifest, sha256_hex, sha256_reader, sign_dir, Bundle, RawBundle,
+    SignaturePolicy, MANIFEST, SIGNATURE,
+};
+pub use cli::{run, Cli};
 pub use create::INT8_TOLERANCE_SHARE;
 pub use embedded::default_bundle;
-pub use engine::{Engine, EngineOptions};
+pub use engine::{Engine, EngineOptions, HALF_LOGIT_TOLERANCE};
 pub use fsutil::kind_name;
-pub use manifest::Manifest;
+pub use ggem::{fuse, Ggem};
+pub use keys::{parse_signature, SecretKey, TrustStore};
+pub use manifest::{InputSpec, Layout, Manifest, Precision};
+pub use pipeline::{capture, Slot};
+pub use postprocess::TopK;
+pub use preprocess::{preprocess, Image};
+pub use source::{camera_frame, open as open_source, Capture, Pixels, Source, SourceArgs};
+#[cfg(feature = "testing")]
+pub use update::CRASH_ENV;
+pub use update::{agent::STEPS as UPDATE_STEPS, channel};

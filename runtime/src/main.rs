@@ -9,8 +9,8 @@ fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
         .format_target(false)
         .init();
-    let cli = edgevit::cli::Cli::parse();
-    match edgevit::cli::run(cli, started) {
+    let cli = edgevit::Cli::parse();
+    match edgevit::run(cli, started) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             // A closed stdout (e.g. piped into `head`) is not a failure.

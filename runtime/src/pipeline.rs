@@ -100,6 +100,7 @@ impl Slot {
     }
 
     /// Frames waiting in the slot: 0 or 1, by construction.
+    #[cfg(any(test, feature = "testing"))]
     pub fn depth(&self) -> usize {
         usize::from(self.state.lock().expect("slot lock").frame.is_some())
     }
@@ -168,6 +169,7 @@ impl Histogram {
         0.0
     }
 
+    #[cfg(test)]
     pub fn count(&self) -> u64 {
         self.count
     }

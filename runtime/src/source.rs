@@ -62,8 +62,6 @@ mod pattern;
 mod y4m;
 
 pub use camera::{camera_frame, Pixels};
-pub use convert::{mjpeg_to_rgb, yuv420p_to_rgb, yuv444p_to_rgb, yuyv_to_rgb};
-pub use pattern::test_pattern;
 
 /// What one call to [`Source::capture`] produced.
 #[derive(Debug)]

@@ -31,12 +31,12 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/edgevit";
 /// Environment variable naming the [`agent::STEPS`] step at which `apply`
 /// kills its own process with SIGKILL: the crash-consistency tests use it to
 /// stop the agent at every step, exactly as a power cut or an OOM kill would.
-/// Only builds with the `crash-points` feature (the tests') have it.
-#[cfg(feature = "crash-points")]
+/// Only builds with the `testing` feature (the tests') have it.
+#[cfg(feature = "testing")]
 pub const CRASH_ENV: &str = "EDGEVIT_UPDATE_CRASH_AT";
 
 /// Dies at once, without unwinding or flushing, when [`CRASH_ENV`] names `step`.
-#[cfg(feature = "crash-points")]
+#[cfg(feature = "testing")]
 pub(crate) fn crash_point(step: &str) {
     if std::env::var_os(CRASH_ENV).is_some_and(|v| v == step) {
         // SAFETY: getpid and kill have no preconditions; SIGKILL ends the
@@ -47,8 +47,8 @@ pub(crate) fn crash_point(step: &str) {
     }
 }
 
-/// Without the `crash-points` feature a step is only a name.
-#[cfg(not(feature = "crash-points"))]
+/// Without the `testing` feature a step is only a name.
+#[cfg(not(feature = "testing"))]
 #[inline(always)]
 pub(crate) fn crash_point(_step: &str) {}
 

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use edgevit::keys::{SecretKey, TrustStore};
+use edgevit::{SecretKey, TrustStore};
 
 use crate::cross::Profile;
 use crate::{firmware, image};

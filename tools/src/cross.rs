@@ -34,7 +34,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use edgevit::board::Board;
+use edgevit::Board;
 use indicatif::ProgressBar;
 
 use crate::elf::{self, GlibcVersion, Needs};

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::Signature;
-use edgevit::keys::{SecretKey, TrustStore};
+use edgevit::{SecretKey, TrustStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
@@ -396,11 +396,11 @@ fn append_file<W: Write>(
 }
 
 fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    edgevit::bundle::sha256_reader(File::open(path)?)
+    edgevit::sha256_reader(File::open(path)?)
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
-    edgevit::bundle::sha256_hex(bytes)
+    edgevit::sha256_hex(bytes)
 }
 
 /// Counts and hashes everything written through it.
@@ -594,7 +594,7 @@ pub fn verify(image: &Path, trust: &TrustStore) -> Result<VerifyReport> {
 
 /// The one hex line of a signature file, `#` comment lines allowed.
 fn parse_signature(bytes: &[u8]) -> Result<Signature, Problem> {
-    edgevit::keys::parse_signature(bytes).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))
+    edgevit::parse_signature(bytes).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))
 }
 
 fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, Problem> {

@@ -29,9 +29,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use edgevit::board::Board;
-use edgevit::keys::{SecretKey, TrustStore};
+use edgevit::Board;
 use edgevit::{Bundle, SignaturePolicy};
+use edgevit::{SecretKey, TrustStore};
 use edgevit_kernels::{nvrtc, Nvrtc};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -8,7 +8,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use edgevit::bundle::sha256_hex;
+use edgevit::sha256_hex;
 
 const BINARY: &[u8] = b"\x7fELF edgevit test binary\n";
 const LONG_KERNEL: &str =
@@ -228,7 +228,7 @@ fn verify_rejects_a_changed_symlink_target() {
 fn verify_rejects_a_signature_by_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let (other, _) =
-        edgevit::keys::SecretKey::generate().write_pair(&dir.path().join("other"), "test only").unwrap();
+        edgevit::SecretKey::generate().write_pair(&dir.path().join("other"), "test only").unwrap();
     let image = dir.path().join("image.tar");
     let output = pack_with(&staging(dir.path()), &other, &image);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));

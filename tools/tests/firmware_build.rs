@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use edgevit::keys::TrustStore;
-use edgevit::preprocess::Image;
+use edgevit::Image;
+use edgevit::TrustStore;
 use edgevit::{Bundle, Engine, EngineOptions, SignaturePolicy};
 use edgevit_tools::elf::{self, GlibcVersion};
 
@@ -402,7 +402,7 @@ fn build_error(args: &[&std::ffi::OsStr], out: &Path) -> String {
 }
 
 /// A copy of the shipped bundle listing `compatible`, signed with `key`.
-fn bundle_copy(dir: &Path, compatible: &str, key: &edgevit::keys::SecretKey) -> PathBuf {
+fn bundle_copy(dir: &Path, compatible: &str, key: &edgevit::SecretKey) -> PathBuf {
     let copy = dir.join("bundle");
     fs::create_dir_all(&copy).unwrap();
     for entry in fs::read_dir(bundle_dir()).unwrap() {
@@ -414,7 +414,7 @@ fn bundle_copy(dir: &Path, compatible: &str, key: &edgevit::keys::SecretKey) -> 
     copy_dir(&bundle_dir().join("golden"), &copy.join("golden"));
     let manifest = fs::read_to_string(copy.join("manifest.toml")).unwrap();
     fs::write(copy.join("manifest.toml"), manifest.replace("compatible = [\"any\"]", compatible)).unwrap();
-    edgevit::bundle::sign_dir(&copy, key).unwrap();
+    edgevit::sign_dir(&copy, key).unwrap();
     copy
 }
 
@@ -454,7 +454,7 @@ fn bad_requests_fail_with_one_line_and_leave_nothing() {
         "{err}"
     );
 
-    let stranger = edgevit::keys::SecretKey::generate();
+    let stranger = edgevit::SecretKey::generate();
     let unsigned = bundle_copy(&dir.path().join("a"), "compatible = [\"any\"]", &stranger);
     let err = run(args(ORIN, &unsigned, &key));
     assert_eq!(

@@ -66,6 +66,7 @@ pub struct FbGeometry {
 
 impl FbGeometry {
     /// 16 bits per pixel, red in bits 11..16, green 5..11, blue 0..5.
+    #[cfg(test)]
     pub fn rgb565(width: u32, height: u32, line_length: u32) -> FbGeometry {
         FbGeometry {
             width,
@@ -82,6 +83,7 @@ impl FbGeometry {
 
     /// 32 bits per pixel, red in bits 16..24, green 8..16, blue 0..8, bits
     /// 24..32 unused: bytes B, G, R, X in memory on a little-endian CPU.
+    #[cfg(test)]
     pub fn xrgb8888(width: u32, height: u32, line_length: u32) -> FbGeometry {
         FbGeometry {
             width,
@@ -228,6 +230,7 @@ pub struct FbCanvas<'a> {
 impl<'a> FbCanvas<'a> {
     /// Errors when the geometry is not supported or `buf` is shorter than
     /// [`FbGeometry::required_len`].
+    #[cfg(test)]
     pub fn new(buf: &'a mut [u8], geometry: FbGeometry) -> Result<FbCanvas<'a>> {
         geometry.validate()?;
         if buf.len() < geometry.required_len() {
@@ -244,10 +247,6 @@ impl<'a> FbCanvas<'a> {
     fn checked(buf: &'a mut [u8], geometry: FbGeometry) -> FbCanvas<'a> {
         debug_assert!(geometry.validate().is_ok() && buf.len() >= geometry.required_len());
         FbCanvas { buf, encoder: Encoder::new(&geometry), geometry }
-    }
-
-    pub fn geometry(&self) -> &FbGeometry {
-        &self.geometry
     }
 }
 
@@ -381,6 +380,7 @@ impl Framebuffer {
 
     /// Maps a regular file as a framebuffer of `geometry`: for tests and for
     /// drawing into memory that something else displays.
+    #[cfg(test)]
     pub fn from_file(path: &Path, geometry: FbGeometry) -> Result<Framebuffer> {
         let file = open_rw(path)?;
         let len =
@@ -407,11 +407,8 @@ impl Framebuffer {
         Ok(Framebuffer { path: path.to_path_buf(), geometry, map, back })
     }
 
-    pub fn geometry(&self) -> &FbGeometry {
-        &self.geometry
-    }
-
     /// Draws straight onto the mapped memory, visible at once.
+    #[cfg(test)]
     pub fn mapped(&mut self) -> FbCanvas<'_> {
         FbCanvas::checked(&mut self.map, self.geometry)
     }

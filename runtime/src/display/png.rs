@@ -46,11 +46,6 @@ impl PngSnapshots {
             encoded: Vec::new(),
         })
     }
-
-    /// The canvas as last rendered.
-    pub fn canvas(&self) -> &Canvas {
-        &self.canvas
-    }
 }
 
 impl Display for PngSnapshots {

@@ -103,15 +103,9 @@ pub(crate) fn planar_to_rgb(
 /// `ceil(width / 2) x ceil(height / 2)`) to packed RGB8: BT.601 limited range,
 /// nearest-neighbour chroma (formula in the [module docs](super)). Panics on
 /// wrong buffer lengths.
+#[cfg(test)]
 pub fn yuv420p_to_rgb(y: &[u8], u: &[u8], v: &[u8], width: u32, height: u32, dst: &mut [u8]) {
     planar_to_rgb([y, u, v], width, height, (2, 2), Range::Limited, dst);
-}
-
-/// Converts planar YUV 4:4:4 (three `width x height` planes) to packed
-/// RGB8: BT.601 limited range (formula in the [module docs](super)). Panics
-/// on wrong buffer lengths.
-pub fn yuv444p_to_rgb(y: &[u8], u: &[u8], v: &[u8], width: u32, height: u32, dst: &mut [u8]) {
-    planar_to_rgb([y, u, v], width, height, (1, 1), Range::Limited, dst);
 }
 
 /// Decodes one MJPEG frame (a JPEG image, Huffman tables optional as in

@@ -54,7 +54,7 @@ mod x86;
 
 pub use epilogue::Activation;
 pub(super) use epilogue::Epilogue;
-pub use kernel::{linear, linear_here, reference};
+pub use kernel::{linear, linear_here};
 pub(super) use kernel::{row_chunk, split_tiles};
 pub(super) use pack::Aligned;
 pub use pack::PackedWeight;

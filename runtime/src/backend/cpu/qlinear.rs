@@ -168,6 +168,7 @@ pub fn quantize_axis(w: &[f32], dims: &[usize], axis: usize) -> (Vec<i8>, Vec<f3
 }
 
 /// Quantizes the `K x N` weight (`K` rows of `N`) per column.
+#[cfg(test)]
 pub fn quantize_columns(w: &[f32], k: usize, n: usize) -> (Vec<i8>, Vec<f32>) {
     quantize_axis(w, &[k, n], 1)
 }

@@ -66,6 +66,7 @@ impl Epilogue<'_> {
 
 /// `erf` in f64 to about 1e-16 (its Maclaurin series near 0, the continued
 /// fraction of erfc beyond), for the references.
+#[cfg(test)]
 pub(super) fn erf_f64(x: f64) -> f64 {
     let z = x.abs();
     let value = if z < 2.5 {

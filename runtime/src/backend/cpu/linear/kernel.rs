@@ -5,6 +5,7 @@ use crate::backend::cpu::pool;
 
 #[cfg(target_arch = "aarch64")]
 use super::arm;
+#[cfg(test)]
 use super::epilogue::erf_f64;
 #[cfg(target_arch = "x86_64")]
 use super::x86;
@@ -335,6 +336,7 @@ pub fn linear_here(x: &[f32], weight: &PackedWeight, activation: Activation, y: 
 }
 
 /// The plain product: `activation(x W + b)` in f64, `W` as `K` rows of `N`.
+#[cfg(test)]
 pub fn reference(
     x: &[f32],
     w: &[f32],
