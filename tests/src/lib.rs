@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use edgevit::bundle::{file_entry, MANIFEST, SIGNATURE};
-use edgevit::keys::SecretKey;
 use edgevit::Manifest;
+use edgevit::SecretKey;
+use edgevit::{file_entry, MANIFEST, SIGNATURE};
 
 /// The repository root.
 pub fn root() -> PathBuf {
@@ -39,9 +39,9 @@ pub fn binary() -> &'static Path {
         let target_dir = profile_dir.parent().expect("target dir");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        // The crash-points feature, as this crate's dependency on edgevit has:
+        // The testing feature, as this crate's dependency on edgevit has:
         // the same features as the test build, so nothing is built twice.
-        cmd.args(["build", "--quiet", "-p", "edgevit", "--bin", "edgevit", "--features", "crash-points"])
+        cmd.args(["build", "--quiet", "-p", "edgevit", "--bin", "edgevit", "--features", "testing"])
             .arg("--target-dir")
             .arg(target_dir);
         if profile != "debug" {
@@ -51,6 +51,14 @@ pub fn binary() -> &'static Path {
         assert!(status.success(), "cargo build of edgevit failed");
         profile_dir.join("edgevit")
     })
+}
+
+/// How a test says it cannot run here: `skipped: <why>` on stderr, then
+/// the test returns and passes. Only for what this machine lacks (a GPU,
+/// root), never to hide a failure: where the hardware is present, the test
+/// runs.
+pub fn skip(why: impl std::fmt::Display) {
+    eprintln!("skipped: {why}");
 }
 
 /// What a finished `edgevit` run printed.
@@ -155,7 +163,7 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Little-endian f32 values of a file.
 pub fn read_f32s(path: &Path) -> Vec<f32> {
-    edgevit::bundle::f32s(&std::fs::read(path).unwrap())
+    edgevit::f32s(&std::fs::read(path).unwrap())
 }
 
 /// The shipped sample images, in name order.

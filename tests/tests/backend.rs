@@ -16,7 +16,7 @@ fn no_libcuda() -> bool {
 
 /// Why CUDA cannot run here, or `None` (printed) when it can.
 fn why_not_cuda() -> Option<String> {
-    let why = edgevit::backend::why_not_cuda(None);
+    let why = edgevit::why_not_cuda(None);
     if why.is_none() {
         eprintln!("CUDA can run here: checking the GPU side instead of the CPU fallback");
     }

@@ -49,7 +49,7 @@ fn bench_ops_breaks_the_time_down_by_op() {
     // head; its patch embedding, qkv, proj, fc1, fc2 and head run on our products.
     assert_eq!((count("Attention"), count("Ggem"), count("RowSoftmax")), (Some(4), Some(1), None), "{r}");
     assert!(count("Linear").is_some_and(|n| n >= 6), "{r}");
-    let kernel = edgevit::backend::cpu::Kernel::detect().name();
+    let kernel = edgevit::CpuKernel::detect().name();
     assert_eq!(r["cpu_kernel"].as_str(), Some(kernel), "{r}");
     assert!(ops.iter().all(|o| o["ms"].as_f64().is_some_and(|ms| ms >= 0.0)), "{r}");
     assert!(ops.windows(2).all(|w| w[0]["ms"].as_f64() >= w[1]["ms"].as_f64()), "longest first: {r}");

@@ -303,7 +303,7 @@ fn golden_output_that_disagrees_fails_verify() {
     let path = dir.join("golden/logits.bin");
     let mut logits = read_f32s(&path);
     logits[3] += 0.01;
-    std::fs::write(&path, edgevit::bundle::f32_bytes(&logits)).unwrap();
+    std::fs::write(&path, edgevit::f32_bytes(&logits)).unwrap();
     rewrite_manifest(&dir, |_| {});
     edgevit(["bundle", "verify"].into_iter().map(String::from).chain(trusted(&dir)))
         .fails_with("golden top-1 20/20, max |logit diff| 1.000e-2");
@@ -436,7 +436,7 @@ fn issue_15_quantize_int8_in_the_tool_agrees_with_the_shipped_int8_bundle() {
     assert!(run.ok().stdout.contains("quantized 18 weights to int8"), "{}", run.stdout);
     assert!(run.stdout.contains("same top-1"), "{}", run.stdout);
     let m = manifest(&out);
-    assert_eq!(m.model.precision, edgevit::manifest::Precision::Int8);
+    assert_eq!(m.model.precision, edgevit::Precision::Int8);
     // The golden check allows what another CPU's int8 kernel may differ by.
     let logits = read_f32s(&out.join("golden/logits.bin"));
     let largest = logits.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -447,7 +447,7 @@ fn issue_15_quantize_int8_in_the_tool_agrees_with_the_shipped_int8_bundle() {
     let shipped = sample_logits(&repo(INT8_BUNDLE));
     assert_eq!(sample_logits(&out), shipped, "the tool's int8 model and the export's disagree");
 
-    let kernel = edgevit::backend::cpu::QKernel::detect().map_or("f32", |k| k.name());
+    let kernel = edgevit::QKernel::detect().map_or("f32", |k| k.name());
     let want = if kernel == "f32" { (None, Some(18)) } else { (Some(18), None) };
     for bundle in [&out, &repo(INT8_BUNDLE)] {
         let (qlinear, linear, int8_kernel) = int8_plan(bundle);

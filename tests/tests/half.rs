@@ -30,7 +30,7 @@ fn agree(full: &[(u64, Vec<f64>)], half: &[(u64, Vec<f64>)]) -> f64 {
         assert_eq!(top_full, top_half, "sample {i}: f16 top-1 differs");
         worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(worst, f64::max);
     }
-    assert!(worst < f64::from(edgevit::engine::HALF_LOGIT_TOLERANCE), "max |logit diff| {worst}");
+    assert!(worst < f64::from(edgevit::HALF_LOGIT_TOLERANCE), "max |logit diff| {worst}");
     assert!(worst > 0.0, "f16 logits equal f32's exactly: the network did not run in f16");
     worst
 }
@@ -45,8 +45,8 @@ fn f16_agrees_with_f32_on_the_samples() {
 /// runs the same checks through the binary on machines without Rust).
 #[test]
 fn cuda_agrees_with_the_cpu_where_it_can_run() {
-    if let Some(why) = edgevit::backend::why_not_cuda(None) {
-        eprintln!("skipped: CUDA cannot run here: {why}");
+    if let Some(why) = edgevit::why_not_cuda(None) {
+        skip(format!("CUDA cannot run here: {why}"));
         return;
     }
     edgevit(["bundle", "verify", "--backend", "cuda"]).ok();
@@ -58,7 +58,7 @@ fn cuda_agrees_with_the_cpu_where_it_can_run() {
 fn golden_check_in_f16_holds_the_f16_tolerance() {
     let run = edgevit(["bundle", "verify", "--backend", "cpu", "--float", "f16"]);
     let out = &run.ok().stdout;
-    let tolerance = format!("(tolerance {:.0e};", edgevit::engine::HALF_LOGIT_TOLERANCE);
+    let tolerance = format!("(tolerance {:.0e};", edgevit::HALF_LOGIT_TOLERANCE);
     assert!(out.contains("golden top-1 20/20") && out.contains(&tolerance), "{out}");
 }
 

@@ -6,8 +6,8 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use edgevit::pipeline::{capture, Slot};
-use edgevit::source::{Capture, Source, SourceArgs};
+use edgevit::{capture, Slot};
+use edgevit::{Capture, Source, SourceArgs};
 use edgevit_tests::*;
 
 #[test]
@@ -123,7 +123,7 @@ fn a_slow_consumer_makes_capture_drop_not_queue() {
     const FRAMES: u64 = 10_000;
     let args = SourceArgs { input_width: Some(160), input_height: Some(120), input_loop: 0, input_rate: 0.0 };
     let source =
-        Box::new(Limited { inner: edgevit::source::open("pattern://", &args).unwrap(), left: FRAMES });
+        Box::new(Limited { inner: edgevit::open_source("pattern://", &args).unwrap(), left: FRAMES });
     let slot = Arc::new(Slot::default());
     let stop = Arc::new(AtomicBool::new(false));
     let rss_before = rss_bytes();

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use edgevit::keys::SecretKey;
-use edgevit::update::agent::STEPS;
-use edgevit::update::channel::{self, Channel};
-use edgevit::update::CRASH_ENV;
+use edgevit::channel::{self, Channel};
+use edgevit::SecretKey;
+use edgevit::CRASH_ENV;
+use edgevit::UPDATE_STEPS;
 use edgevit_tests::*;
 
 /// An nginx of its own for one test: prefix, logs and document root in a
@@ -278,7 +278,7 @@ fn signature_expiry_and_replay_are_refused() {
     let site = nginx.site("untrusted-bundle");
     let v2 = bundle_version(tmp.path(), 2, |_| {});
     let key = SecretKey::load(Path::new(&other_key)).unwrap();
-    edgevit::bundle::sign_dir(&v2, &key).unwrap();
+    edgevit::sign_dir(&v2, &key).unwrap();
     publish(&v2, &site, &["--trust", &other_pub]).ok();
     apply_fails(&nginx, &state, "untrusted-bundle", &[], "manifest.sig does not verify with any trusted key");
 
@@ -355,7 +355,7 @@ fn hostile_tarballs_are_refused_before_anything_is_written() {
             version: 2,
             bundle: "evil.tar".into(),
             size: bytes.len() as u64,
-            sha256: edgevit::bundle::sha256_hex(&bytes),
+            sha256: edgevit::sha256_hex(&bytes),
             expires: "2099-01-01T00:00:00Z".into(),
         };
         channel::write(&site, &c, &key).unwrap();
@@ -376,7 +376,7 @@ fn a_failing_health_check_keeps_the_old_model() {
     let v2 = bundle_version(tmp.path(), 2, |dir| {
         let path = dir.join("golden/logits.bin");
         let shifted: Vec<f32> = read_f32s(&path).iter().map(|v| v + 1.0).collect();
-        std::fs::write(&path, edgevit::bundle::f32_bytes(&shifted)).unwrap();
+        std::fs::write(&path, edgevit::f32_bytes(&shifted)).unwrap();
     });
     publish(&v2, &site, &[]).ok();
     apply_fails(
@@ -434,7 +434,7 @@ fn a_full_disk_during_unpack_keeps_the_old_model() {
         Ok(m) => m,
         // SAFETY: geteuid has no preconditions.
         Err(e) if unsafe { libc::geteuid() } != 0 => {
-            eprintln!("skipped: mounting a tmpfs needs root ({e}); tools/test.sh runs this as root in CI");
+            skip(format!("mounting a tmpfs needs root ({e}); tools/test.sh runs this as root in CI"));
             return;
         }
         Err(e) => panic!("cannot mount a tmpfs at {}: {e}", mount_point.display()),
@@ -507,7 +507,7 @@ fn a_kill_at_any_step_of_apply_leaves_a_working_device() {
     let template = device_on_v1(&nginx, tmp.path());
     site_with_v2(&nginx, tmp.path(), "crash");
     let url = nginx.channel_url("crash");
-    for step in STEPS {
+    for step in UPDATE_STEPS {
         for round in 0..5 {
             let state = tmp.path().join(format!("crash-{step}-{round}"));
             copy_state(&template, &state);
