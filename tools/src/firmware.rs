@@ -17,15 +17,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read, Seek, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use ed25519_dalek::Signature;
+use edgevit::sha256_reader;
 use edgevit::{SecretKey, TrustStore};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tar::{EntryType, Header};
 
 /// Name of the manifest, the first entry of an image.
@@ -251,14 +251,13 @@ pub fn pack(root: &Path, key: &SecretKey, out: &Path) -> Result<PackSummary> {
     let signature = key.sign(&manifest_bytes);
     let signature_bytes = format!("{}\n", hex::encode(signature.to_bytes())).into_bytes();
 
-    let mut temp = tempfile::Builder::new()
+    let temp = tempfile::Builder::new()
         .prefix(".edgevit-image-")
         .suffix(".tmp")
         .tempfile_in(parent)
         .with_context(|| format!("image {}: cannot create a temporary file", out.display()))?;
-    let writer = HashingWriter::new(BufWriter::new(temp.as_file_mut()));
-    let mut builder = tar::Builder::new(writer);
-    let written: Result<HashingWriter<_>> = (|| {
+    let mut builder = tar::Builder::new(BufWriter::new(temp.as_file()));
+    let written: Result<()> = (|| {
         append_file(&mut builder, MANIFEST, FILE_MODE, &manifest_bytes)?;
         append_file(&mut builder, SIGNATURE, FILE_MODE, &signature_bytes)?;
         for (path, node) in &nodes {
@@ -268,12 +267,18 @@ pub fn pack(root: &Path, key: &SecretKey, out: &Path) -> Result<PackSummary> {
                     builder.append_data(&mut header, format!("{path}/"), io::empty())?;
                 }
                 Node::File { source, mode, size, sha256 } => {
-                    let bytes =
-                        fs::read(source).with_context(|| format!("{}: {path}: cannot read", tree()))?;
-                    if bytes.len() as u64 != *size || sha256_hex(&bytes) != *sha256 {
+                    let file =
+                        File::open(source).with_context(|| format!("{}: {path}: cannot read", tree()))?;
+                    let mut header = header(EntryType::Regular, *mode, 0);
+                    let mut entry = builder.append_writer(&mut header, path)?;
+                    // One byte past the listed size is enough to tell that the file grew.
+                    let copy = Tee { inner: file.take(size + 1), sink: &mut entry };
+                    let (copied_size, copied_sha256) = sha256_reader(copy)
+                        .with_context(|| format!("{}: {path}: cannot copy into the image", tree()))?;
+                    entry.finish()?;
+                    if copied_size != *size || copied_sha256 != *sha256 {
                         bail!("{}: {path}: changed while packing", tree());
                     }
-                    append_file(&mut builder, path, *mode, &bytes)?;
                 }
                 Node::Symlink { target } => {
                     let mut header = header(EntryType::Symlink, SYMLINK_MODE, 0);
@@ -281,14 +286,18 @@ pub fn pack(root: &Path, key: &SecretKey, out: &Path) -> Result<PackSummary> {
                 }
             }
         }
-        Ok(builder.into_inner()?)
+        builder.into_inner()?.flush()?;
+        Ok(())
     })();
-    let writer = written.with_context(|| format!("image {}: cannot write", out.display()))?;
-    let (image_bytes, sha256) = writer.finish().with_context(|| format!("image {}", out.display()))?;
-    let file = temp.as_file();
+    written.with_context(|| format!("image {}: cannot write", out.display()))?;
+    let mut file = temp.as_file();
     file.set_permissions(fs::Permissions::from_mode(0o644))
         .and_then(|()| file.sync_all())
         .with_context(|| format!("image {}: cannot write", out.display()))?;
+    let (image_bytes, sha256) = file
+        .rewind()
+        .and_then(|()| sha256_reader(file))
+        .with_context(|| format!("image {}: cannot read back", out.display()))?;
     temp.persist(out).with_context(|| format!("image {}: cannot rename into place", out.display()))?;
 
     Ok(PackSummary {
@@ -321,7 +330,8 @@ fn walk(dir: &Path, rel: &str, nodes: &mut BTreeMap<String, Node>) -> Result<()>
             walk(&source, &path, nodes)?;
         } else if kind.is_file() {
             let mode = if meta.permissions().mode() & 0o111 != 0 { EXEC_MODE } else { FILE_MODE };
-            let (size, sha256) = hash_file(&source).with_context(|| format!("{path}: cannot read"))?;
+            let hashed = File::open(&source).and_then(sha256_reader);
+            let (size, sha256) = hashed.with_context(|| format!("{path}: cannot read"))?;
             nodes.insert(path, Node::File { source, mode, size, sha256 });
         } else if kind.is_symlink() {
             let target = fs::read_link(&source).with_context(|| format!("{path}: cannot read link"))?;
@@ -395,43 +405,17 @@ fn append_file<W: Write>(
     builder.append_data(&mut header, path, bytes)
 }
 
-fn hash_file(path: &Path) -> io::Result<(u64, String)> {
-    edgevit::sha256_reader(File::open(path)?)
+/// Passes on what it reads from `inner` and writes a copy of it to `sink`.
+struct Tee<R, W> {
+    inner: R,
+    sink: W,
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    edgevit::sha256_hex(bytes)
-}
-
-/// Counts and hashes everything written through it.
-struct HashingWriter<W> {
-    inner: W,
-    hasher: Sha256,
-    len: u64,
-}
-
-impl<W: Write> HashingWriter<W> {
-    fn new(inner: W) -> Self {
-        HashingWriter { inner, hasher: Sha256::new(), len: 0 }
-    }
-
-    /// Flushes and returns the byte count and sha256 in hex.
-    fn finish(mut self) -> io::Result<(u64, String)> {
-        self.inner.flush()?;
-        Ok((self.len, hex::encode(self.hasher.finalize())))
-    }
-}
-
-impl<W: Write> Write for HashingWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.hasher.update(&buf[..n]);
-        self.len += n as u64;
+impl<R: Read, W: Write> Read for Tee<R, W> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.sink.write_all(&buf[..n])?;
         Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
     }
 }
 
@@ -559,9 +543,8 @@ pub fn verify(image: &Path, trust: &TrustStore) -> Result<VerifyReport> {
                     problems.push(Problem::Size { path, expected: file.size, found: entry.size() });
                     continue;
                 }
-                let mut hasher = Sha256::new();
-                io::copy(&mut entry, &mut hasher).with_context(|| format!("image {name}: {path}"))?;
-                let found = hex::encode(hasher.finalize());
+                let (_, found) =
+                    sha256_reader(&mut entry).with_context(|| format!("image {name}: {path}"))?;
                 if found != file.sha256 {
                     problems.push(Problem::Sha256 { path, expected: file.sha256.clone(), found });
                 }
@@ -754,7 +737,7 @@ mod tests {
             files: vec![FileEntry {
                 path: "etc/a".into(),
                 size: 1,
-                sha256: sha256_hex(b"a"),
+                sha256: edgevit::sha256_hex(b"a"),
                 mode: "0644".into(),
             }],
             symlinks: vec![SymlinkEntry { path: "etc/b".into(), target: "a".into() }],
