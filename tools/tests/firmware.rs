@@ -68,11 +68,19 @@ fn verify(image: &Path) -> Output {
 
 /// Asserts that verify fails with exactly `line` (after `image PATH: `) on stderr.
 fn assert_rejects(image: &Path, line: &str) {
+    assert_rejects_all(image, &[line]);
+}
+
+/// Asserts that verify fails with exactly `lines` on stderr, each as
+/// `edgevit-tools: image PATH: LINE`.
+fn assert_rejects_all(image: &Path, lines: &[&str]) {
     let output = verify(image);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "verify accepted a bad image");
     assert_eq!(output.status.code(), Some(1));
-    assert_eq!(stderr, format!("edgevit-tools: image {}: {line}\n", image.display()));
+    let prefix = format!("edgevit-tools: image {}: ", image.display());
+    let expected: String = lines.iter().map(|line| format!("{prefix}{line}\n")).collect();
+    assert_eq!(stderr, expected);
 }
 
 /// One entry of an image read back: its header, path and data.
@@ -109,6 +117,25 @@ fn write_entries(image: &Path, entries: &[Entry]) {
         }
     }
     builder.into_inner().unwrap();
+}
+
+/// A regular file entry of `data` with mode 0644.
+fn file_entry(path: &str, data: &[u8]) -> Entry {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_mode(0o644);
+    header.set_size(data.len() as u64);
+    Entry { header, path: path.into(), data: data.to_vec() }
+}
+
+/// Replaces the manifest of `entries` with `manifest`, signed with the development key.
+fn resign(entries: &mut [Entry], manifest: &str) {
+    let key = edgevit::keys::SecretKey::load(&dev_key("key")).unwrap();
+    let signature = format!("{}\n", hex::encode(key.sign(manifest.as_bytes()).to_bytes()));
+    for (entry, data) in entries.iter_mut().zip([manifest.as_bytes(), signature.as_bytes()]) {
+        entry.header.set_size(data.len() as u64);
+        entry.data = data.to_vec();
+    }
 }
 
 #[test]
@@ -225,6 +252,96 @@ fn verify_rejects_a_changed_symlink_target() {
 }
 
 #[test]
+fn verify_reports_every_entry_that_differs_from_its_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.tar");
+    pack(&staging(dir.path()), &image);
+    let mut entries = read_entries(&image);
+    let board = entries.iter_mut().find(|e| e.path == "etc/edgevit/board.toml").unwrap();
+    let listed = board.data.len();
+    *board = file_entry("etc/edgevit/board.toml", b"name = \"x\"\n");
+    let binary = entries.iter_mut().find(|e| e.path == "usr/bin/edgevit").unwrap();
+    binary.header.set_mode(0o700);
+    let link = entries.iter().position(|e| e.path == "var/lib/edgevit/current").unwrap();
+    entries[link] = file_entry("var/lib/edgevit/current", b"slots/a");
+    entries.push(file_entry("etc/systemd/system/edgevit.service", b"[Service]\n"));
+    let mut fifo = file_entry("etc/fifo", b"");
+    fifo.header.set_entry_type(tar::EntryType::Fifo);
+    entries.push(fifo);
+    write_entries(&image, &entries);
+    assert_rejects_all(
+        &image,
+        &[
+            &format!("etc/edgevit/board.toml: expected {listed} bytes but image has 11"),
+            "usr/bin/edgevit: expected mode 0755 but image has 0700",
+            "var/lib/edgevit/current: expected a symlink but image has a regular file",
+            "etc/systemd/system/edgevit.service: more than one entry with this path",
+            "etc/fifo: expected a regular file, directory or symlink but image has a FIFO",
+        ],
+    );
+}
+
+#[test]
+fn verify_refuses_an_image_not_led_by_its_manifest_and_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.tar");
+    pack(&staging(dir.path()), &image);
+    let mut entries = read_entries(&image);
+    let layout = |found: &str| {
+        format!("expected MANIFEST.toml then MANIFEST.sig as the first entries but found {found}")
+    };
+
+    entries.swap(0, 1);
+    write_entries(&image, &entries);
+    assert_rejects(&image, &layout("MANIFEST.sig"));
+    entries.swap(0, 1);
+
+    write_entries(&image, &entries[..1]);
+    assert_rejects(&image, &layout("the end of the archive"));
+
+    let signature = entries[1].data.clone();
+    entries[1].data = vec![b'#'; 5000];
+    entries[1].header.set_size(5000);
+    write_entries(&image, &entries);
+    assert_rejects(&image, &layout("MANIFEST.sig of 5000 bytes"));
+
+    entries[1].data = [signature.as_slice(), signature.as_slice()].concat();
+    let size = entries[1].data.len() as u64;
+    entries[1].header.set_size(size);
+    write_entries(&image, &entries);
+    assert_rejects(&image, "MANIFEST.sig: expected one line of hex but found more");
+}
+
+#[test]
+fn verify_reports_every_bad_listing_of_a_signed_manifest() {
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("image.tar");
+    pack(&staging(dir.path()), &image);
+    let mut entries = read_entries(&image);
+    let text = String::from_utf8(entries[0].data.clone()).unwrap();
+    let mut manifest: edgevit_tools::firmware::ImageManifest = toml::from_str(&text).unwrap();
+    manifest.directories.push("../x".into());
+    manifest.directories.push("etc".into());
+    let board = manifest.files.iter_mut().find(|f| f.path == "etc/edgevit/board.toml").unwrap();
+    board.mode = "0700".into();
+
+    resign(&mut entries, &toml::to_string(&manifest).unwrap());
+    write_entries(&image, &entries);
+    assert_rejects_all(
+        &image,
+        &[
+            "MANIFEST.toml: ../x: expected a normalized relative path",
+            "MANIFEST.toml: etc: listed more than once",
+            "MANIFEST.toml: etc/edgevit/board.toml: expected mode 0755 or 0644 but manifest has 0700",
+        ],
+    );
+
+    resign(&mut entries, &text.replace("format = 1", "format = 2"));
+    write_entries(&image, &entries);
+    assert_rejects(&image, "MANIFEST.toml: expected format 1 but manifest has 2");
+}
+
+#[test]
 fn verify_rejects_a_signature_by_another_key() {
     let dir = tempfile::tempdir().unwrap();
     let (other, _) =
@@ -261,15 +378,12 @@ fn verify_rejects_unsafe_paths() {
         builder.finish().unwrap();
     }
     fs::write(&image, &bytes).unwrap();
-    let output = verify(&image);
-    assert!(!output.status.success());
-    let prefix = format!("edgevit-tools: image {}: ", image.display());
-    assert_eq!(
-        String::from_utf8_lossy(&output.stderr),
-        format!(
-            "{prefix}../edgevit/board.toml: unsafe path (absolute, empty or with ..)\n\
-             {prefix}etc/edgevit/board.toml: listed in MANIFEST.toml but missing\n"
-        )
+    assert_rejects_all(
+        &image,
+        &[
+            "../edgevit/board.toml: unsafe path (absolute, empty or with ..)",
+            "etc/edgevit/board.toml: listed in MANIFEST.toml but missing",
+        ],
     );
 }
 
