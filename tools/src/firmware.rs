@@ -22,7 +22,6 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use ed25519_dalek::Signature;
 use edgevit::sha256_reader;
 use edgevit::{SecretKey, TrustStore};
 use serde::{Deserialize, Serialize};
@@ -426,143 +425,46 @@ enum Expected<'a> {
     Symlink(&'a SymlinkEntry),
 }
 
+impl Expected<'_> {
+    /// The word `kind_name` has for a tar entry of this kind.
+    fn kind(&self) -> &'static str {
+        match self {
+            Expected::Dir => "directory",
+            Expected::File(..) => "regular file",
+            Expected::Symlink(_) => "symlink",
+        }
+    }
+}
+
 /// Verifies the image at `image` against the keys in `trust`.
+///
+/// The steps, in the order the archive is read: the manifest and its
+/// signature must lead it; the signature must verify with a trusted key
+/// before the manifest is parsed; the manifest must parse and list each
+/// normalized path once, all its bad listings reported together; then each
+/// further entry must be listed, as its kind, with the mode, size and
+/// sha256 or target listed, and each listed path must be there, all their
+/// problems reported together.
 ///
 /// Fails with an [`ImageError`] (every problem found, one per line) when the
 /// image does not match its signed manifest, and with a plain error when the
 /// file cannot be read as a tar at all.
 pub fn verify(image: &Path, trust: &TrustStore) -> Result<VerifyReport> {
     let name = image.display().to_string();
-    let fail = |problems: Vec<Problem>| anyhow::Error::new(ImageError { image: name.clone(), problems });
-    let context = || format!("image {name}");
     if trust.is_empty() {
         bail!("image {name}: no trusted keys to check {SIGNATURE} with");
     }
     let file = File::open(image).with_context(|| format!("image {name}: cannot open"))?;
     let mut archive = tar::Archive::new(BufReader::new(file));
-    let mut entries = archive.entries().with_context(context)?;
+    let mut entries = archive.entries().with_context(|| format!("image {name}"))?;
+    let fail = |problems| image_error(&name, problems);
 
-    let mut leading = Vec::new();
-    for expected_name in [MANIFEST, SIGNATURE] {
-        let Some(entry) = entries.next() else {
-            return Err(fail(vec![Problem::Layout("the end of the archive".into())]));
-        };
-        let mut entry = entry.with_context(context)?;
-        let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
-        if path != expected_name || !entry.header().entry_type().is_file() {
-            return Err(fail(vec![Problem::Layout(path)]));
-        }
-        let cap = if expected_name == MANIFEST { MAX_MANIFEST_BYTES } else { MAX_SIGNATURE_BYTES };
-        if entry.size() > cap {
-            return Err(fail(vec![Problem::Layout(format!("{path} of {} bytes", entry.size()))]));
-        }
-        let mut bytes = Vec::new();
-        entry.read_to_end(&mut bytes).with_context(context)?;
-        leading.push(bytes);
-    }
-    let signature_bytes = leading.pop().expect("two entries");
-    let manifest_bytes = leading.pop().expect("two entries");
-
-    let signature = parse_signature(&signature_bytes).map_err(|p| fail(vec![p]))?;
-    let signer =
-        trust.verify(&manifest_bytes, &signature).ok_or_else(|| fail(vec![Problem::BadSignature]))?;
-    let signed_by = format!("{} ({})", signer.id(), signer.origin);
-
+    let manifest_bytes = read_leading(&mut entries, MANIFEST, MAX_MANIFEST_BYTES, &name)?;
+    let signature_bytes = read_leading(&mut entries, SIGNATURE, MAX_SIGNATURE_BYTES, &name)?;
+    let signed_by = check_signature(&manifest_bytes, &signature_bytes, trust).map_err(|p| fail(vec![p]))?;
     let manifest = parse_manifest(&manifest_bytes).map_err(|p| fail(vec![p]))?;
-    let mut expected: BTreeMap<&str, Expected> = BTreeMap::new();
-    let mut manifest_problems = Vec::new();
-    let listed = manifest
-        .directories
-        .iter()
-        .map(|d| (d.as_str(), Ok(Expected::Dir)))
-        .chain(manifest.files.iter().map(|f| (f.path.as_str(), parse_mode(f).map(|m| Expected::File(f, m)))))
-        .chain(manifest.symlinks.iter().map(|s| (s.path.as_str(), Ok(Expected::Symlink(s)))));
-    for (path, what) in listed {
-        if normalize(path.as_bytes()).as_deref() != Ok(path) || path == MANIFEST || path == SIGNATURE {
-            manifest_problems
-                .push(Problem::BadManifest(format!("{path}: expected a normalized relative path")));
-            continue;
-        }
-        match what {
-            Err(problem) => manifest_problems.push(problem),
-            Ok(what) => {
-                if expected.insert(path, what).is_some() {
-                    manifest_problems.push(Problem::BadManifest(format!("{path}: listed more than once")));
-                }
-            }
-        }
-    }
-    if !manifest_problems.is_empty() {
-        return Err(fail(manifest_problems));
-    }
-
-    let mut problems = Vec::new();
-    let mut seen: BTreeSet<String> = [MANIFEST.to_string(), SIGNATURE.to_string()].into();
-    for entry in entries {
-        let mut entry = entry.with_context(context)?;
-        let path = match normalize(&entry.path_bytes()) {
-            Ok(path) => path,
-            Err(problem) => {
-                problems.push(problem);
-                continue;
-            }
-        };
-        if !seen.insert(path.clone()) {
-            problems.push(Problem::Duplicate(path));
-            continue;
-        }
-        let kind = entry.header().entry_type();
-        let found = match kind_name(kind) {
-            Ok(found) => found,
-            Err(kind) => {
-                problems.push(Problem::Unsupported { path, kind });
-                continue;
-            }
-        };
-        let Some(what) = expected.get(path.as_str()) else {
-            problems.push(Problem::NotListed(path));
-            continue;
-        };
-        let wanted = match what {
-            Expected::Dir => "directory",
-            Expected::File(..) => "regular file",
-            Expected::Symlink(_) => "symlink",
-        };
-        if wanted != found {
-            problems.push(Problem::Kind { path, expected: wanted, found });
-            continue;
-        }
-        match what {
-            Expected::Dir => {}
-            Expected::File(file, mode) => {
-                let header_mode = entry.header().mode().with_context(context)? & 0o7777;
-                if header_mode != *mode {
-                    problems.push(Problem::Mode { path: path.clone(), expected: *mode, found: header_mode });
-                }
-                if entry.size() != file.size {
-                    problems.push(Problem::Size { path, expected: file.size, found: entry.size() });
-                    continue;
-                }
-                let (_, found) =
-                    sha256_reader(&mut entry).with_context(|| format!("image {name}: {path}"))?;
-                if found != file.sha256 {
-                    problems.push(Problem::Sha256 { path, expected: file.sha256.clone(), found });
-                }
-            }
-            Expected::Symlink(link) => {
-                let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned());
-                let found = target.unwrap_or_default();
-                if found != link.target {
-                    problems.push(Problem::Target { path, expected: link.target.clone(), found });
-                }
-            }
-        }
-    }
-    for path in expected.keys() {
-        if !seen.contains(*path) {
-            problems.push(Problem::Missing(path.to_string()));
-        }
-    }
+    let expected = expected_entries(&manifest).map_err(fail)?;
+    let problems = check_entries(entries, &expected, &name)?;
     if !problems.is_empty() {
         return Err(fail(problems));
     }
@@ -575,9 +477,168 @@ pub fn verify(image: &Path, trust: &TrustStore) -> Result<VerifyReport> {
     })
 }
 
-/// The one hex line of a signature file, `#` comment lines allowed.
-fn parse_signature(bytes: &[u8]) -> Result<Signature, Problem> {
-    edgevit::parse_signature(bytes).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))
+/// The [`ImageError`] of the image called `name`.
+fn image_error(name: &str, problems: Vec<Problem>) -> anyhow::Error {
+    anyhow::Error::new(ImageError { image: name.to_string(), problems })
+}
+
+/// The bytes of the next entry, which must be the regular file `expected`
+/// of at most `cap` bytes.
+fn read_leading<R: Read>(
+    entries: &mut tar::Entries<'_, R>,
+    expected: &str,
+    cap: u64,
+    name: &str,
+) -> Result<Vec<u8>> {
+    let layout = |found: String| image_error(name, vec![Problem::Layout(found)]);
+    let Some(entry) = entries.next() else {
+        return Err(layout("the end of the archive".into()));
+    };
+    let mut entry = entry.with_context(|| format!("image {name}"))?;
+    let path = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
+    if path != expected || !entry.header().entry_type().is_file() {
+        return Err(layout(path));
+    }
+    if entry.size() > cap {
+        return Err(layout(format!("{path} of {} bytes", entry.size())));
+    }
+    let mut bytes = Vec::new();
+    entry.read_to_end(&mut bytes).with_context(|| format!("image {name}"))?;
+    Ok(bytes)
+}
+
+/// The trusted key whose signature `signature` (the bytes of
+/// `MANIFEST.sig`) is over `manifest`, as `ID (ORIGIN)`.
+fn check_signature(manifest: &[u8], signature: &[u8], trust: &TrustStore) -> Result<String, Problem> {
+    let signature =
+        edgevit::parse_signature(signature).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))?;
+    let signer = trust.verify(manifest, &signature).ok_or(Problem::BadSignature)?;
+    Ok(format!("{} ({})", signer.id(), signer.origin))
+}
+
+/// What the manifest lists, by path: every path normalized, listed once
+/// and neither of the image's own two names, every file's mode 0755 or
+/// 0644. Fails with every listing that is not.
+fn expected_entries(manifest: &ImageManifest) -> Result<BTreeMap<&str, Expected<'_>>, Vec<Problem>> {
+    let listed = manifest
+        .directories
+        .iter()
+        .map(|d| (d.as_str(), Ok(Expected::Dir)))
+        .chain(manifest.files.iter().map(|f| (f.path.as_str(), parse_mode(f).map(|m| Expected::File(f, m)))))
+        .chain(manifest.symlinks.iter().map(|s| (s.path.as_str(), Ok(Expected::Symlink(s)))));
+    let mut expected = BTreeMap::new();
+    let mut problems = Vec::new();
+    for (path, what) in listed {
+        if normalize(path.as_bytes()).as_deref() != Ok(path) || path == MANIFEST || path == SIGNATURE {
+            problems.push(Problem::BadManifest(format!("{path}: expected a normalized relative path")));
+            continue;
+        }
+        match what {
+            Err(problem) => problems.push(problem),
+            Ok(what) => {
+                if expected.insert(path, what).is_some() {
+                    problems.push(Problem::BadManifest(format!("{path}: listed more than once")));
+                }
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(expected)
+    } else {
+        Err(problems)
+    }
+}
+
+/// Every problem of the entries after the signature, then of the listed
+/// paths none of them had. A tar or read error stops the walk.
+fn check_entries<R: Read>(
+    entries: tar::Entries<'_, R>,
+    expected: &BTreeMap<&str, Expected>,
+    name: &str,
+) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    let mut seen: BTreeSet<String> = [MANIFEST.to_string(), SIGNATURE.to_string()].into();
+    for entry in entries {
+        let mut entry = entry.with_context(|| format!("image {name}"))?;
+        match listing_of(&entry, expected, &mut seen) {
+            Ok((path, what)) => problems.extend(check_content(&mut entry, path, what, name)?),
+            Err(problem) => problems.push(problem),
+        }
+    }
+    let missing = expected.keys().filter(|path| !seen.contains(**path));
+    problems.extend(missing.map(|path| Problem::Missing(path.to_string())));
+    Ok(problems)
+}
+
+/// The entry's normalized path and what the manifest lists there, once the
+/// path is safe and not seen before (it is then marked seen), the entry's
+/// kind one an image may hold, and the path listed as that kind.
+fn listing_of<'m, R: Read>(
+    entry: &tar::Entry<'_, R>,
+    expected: &'m BTreeMap<&str, Expected<'m>>,
+    seen: &mut BTreeSet<String>,
+) -> Result<(String, &'m Expected<'m>), Problem> {
+    let path = normalize(&entry.path_bytes())?;
+    if !seen.insert(path.clone()) {
+        return Err(Problem::Duplicate(path));
+    }
+    let found = match kind_name(entry.header().entry_type()) {
+        Ok(found) => found,
+        Err(kind) => return Err(Problem::Unsupported { path, kind }),
+    };
+    let Some(what) = expected.get(path.as_str()) else {
+        return Err(Problem::NotListed(path));
+    };
+    if what.kind() != found {
+        return Err(Problem::Kind { path, expected: what.kind(), found });
+    }
+    Ok((path, what))
+}
+
+/// Checks an entry of the kind listed against the rest of its listing.
+fn check_content<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: String,
+    what: &Expected,
+    name: &str,
+) -> Result<Vec<Problem>> {
+    match what {
+        Expected::Dir => Ok(Vec::new()),
+        Expected::File(file, mode) => check_file(entry, path, file, *mode, name),
+        Expected::Symlink(link) => Ok(check_target(entry, path, link).into_iter().collect()),
+    }
+}
+
+/// A file's mode, then its size and, only when the size is right, the
+/// sha256 of its bytes.
+fn check_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    path: String,
+    file: &FileEntry,
+    mode: u32,
+    name: &str,
+) -> Result<Vec<Problem>> {
+    let mut problems = Vec::new();
+    let found_mode = entry.header().mode().with_context(|| format!("image {name}"))? & 0o7777;
+    if found_mode != mode {
+        problems.push(Problem::Mode { path: path.clone(), expected: mode, found: found_mode });
+    }
+    if entry.size() != file.size {
+        problems.push(Problem::Size { path, expected: file.size, found: entry.size() });
+        return Ok(problems);
+    }
+    let (_, found) = sha256_reader(entry).with_context(|| format!("image {name}: {path}"))?;
+    if found != file.sha256 {
+        problems.push(Problem::Sha256 { path, expected: file.sha256.clone(), found });
+    }
+    Ok(problems)
+}
+
+/// A symlink's target; one that cannot be read counts as empty.
+fn check_target<R: Read>(entry: &tar::Entry<'_, R>, path: String, link: &SymlinkEntry) -> Option<Problem> {
+    let target = entry.link_name_bytes().map(|t| String::from_utf8_lossy(&t).into_owned());
+    let found = target.unwrap_or_default();
+    (found != link.target).then(|| Problem::Target { path, expected: link.target.clone(), found })
 }
 
 fn parse_manifest(bytes: &[u8]) -> Result<ImageManifest, Problem> {
