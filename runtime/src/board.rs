@@ -1,6 +1,6 @@
-//! Board profiles: what a device is (target, glibc floor, GPU, memory) and
-//! how edgevit runs on it by default (backend, precision, threads, camera
-//! and display URIs).
+//! Board profiles: what a device is (target, glibc floor, GPU) and how
+//! edgevit runs on it by default (backend, threads, camera and display
+//! URIs).
 //!
 //! The profiles of `boards/*.toml` are compiled in; on a device the runtime
 //! reads `/etc/edgevit/board.toml`, which a firmware image installs.
@@ -38,10 +38,7 @@ pub struct Board {
     /// CUDA version of the board's driver stack, e.g. `12.6`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cuda: Option<String>,
-    /// Memory in MiB; 0 when it varies (a generic host).
-    pub memory_mb: u32,
     pub backend: BackendChoice,
-    pub precision: BoardPrecision,
     /// CPU threads for inference; 0 means every available core.
     pub threads: u32,
     /// Default input URI of `edgevit run`.
@@ -60,15 +57,6 @@ pub enum BackendChoice {
     Cuda,
     /// CUDA when it works on this device and board, else CPU.
     Auto,
-}
-
-/// The model precision a board prefers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BoardPrecision {
-    Fp32,
-    Fp16,
-    Int8,
 }
 
 /// `MAJOR.MINOR` (a trailing `.PATCH` is allowed and ignored).
@@ -262,6 +250,7 @@ mod tests {
         let good = include_str!("../../boards/jetson-orin-nano.toml");
         let err = |text: &str| format!("{:#}", Board::parse(text, "x.toml").unwrap_err());
         assert!(err(&format!("{good}turbo = true\n")).contains("unknown field `turbo`"));
+        assert!(err(&format!("{good}memory_mb = 8192\n")).contains("unknown field `memory_mb`"));
         assert!(err("name = \"x\n").starts_with("board x.toml: "));
         assert!(err(&good.replace("glibc = \"2.35\"", "glibc = \"new\""))
             .contains("expected glibc as MAJOR.MINOR"));
