@@ -130,7 +130,7 @@ fn file_entry(path: &str, data: &[u8]) -> Entry {
 
 /// Replaces the manifest of `entries` with `manifest`, signed with the development key.
 fn resign(entries: &mut [Entry], manifest: &str) {
-    let key = edgevit::keys::SecretKey::load(&dev_key("key")).unwrap();
+    let key = edgevit::SecretKey::load(&dev_key("key")).unwrap();
     let signature = format!("{}\n", hex::encode(key.sign(manifest.as_bytes()).to_bytes()));
     for (entry, data) in entries.iter_mut().zip([manifest.as_bytes(), signature.as_bytes()]) {
         entry.header.set_size(data.len() as u64);

@@ -8,8 +8,8 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use edgevit::bundle::sha256_reader;
-use edgevit::keys::TrustStore;
+use edgevit::sha256_reader;
+use edgevit::TrustStore;
 use tar::EntryType;
 
 use super::{
@@ -192,7 +192,7 @@ fn read_leading<R: Read>(
 /// `MANIFEST.sig`) is over `manifest`, as `ID (ORIGIN)`.
 fn check_signature(manifest: &[u8], signature: &[u8], trust: &TrustStore) -> Result<String, Problem> {
     let signature =
-        edgevit::keys::parse_signature(signature).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))?;
+        edgevit::parse_signature(signature).map_err(|e| Problem::BadSignatureFile(format!("{e:#}")))?;
     let signer = trust.verify(manifest, &signature).ok_or(Problem::BadSignature)?;
     Ok(format!("{} ({})", signer.id(), signer.origin))
 }
@@ -402,7 +402,7 @@ mod tests {
             files: vec![FileEntry {
                 path: "etc/a".into(),
                 size: 1,
-                sha256: edgevit::bundle::sha256_hex(b"a"),
+                sha256: edgevit::sha256_hex(b"a"),
                 mode: "0644".into(),
             }],
             symlinks: vec![SymlinkEntry { path: "etc/b".into(), target: "a".into() }],
