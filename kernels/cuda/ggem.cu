@@ -34,9 +34,31 @@
 // size is a multiple of 8. Walkers merge their pairs through shared memory.
 // With one split the block applies the root and stores y. With several, each
 // block writes its pairs to the workspace, and the last block of a (b, tile)
-// to arrive (atomic counter after __threadfence) merges the splits in split
-// order (so the result does not depend on which block finished last), stores
-// y and resets the counter to zero, so the next launch needs no memset.
+// to arrive merges the splits in split order (so the result does not depend
+// on which block finished last) and stores y.
+//
+// Split merge and counters. counters[b, tile] counts the splits of (b, tile)
+// that have written their pairs. It is zero when a launch starts and zero
+// again when it ends, so one zeroed allocation serves every launch on a
+// stream without a memset:
+//   1. Every thread of a block stores its channels' pairs into the
+//      workspace slots [b, split, 0..2, c] that only this block writes.
+//   2. __syncthreads(); then thread 0 alone: __threadfence() (release: the
+//      barrier orders every thread's stores before it, and the fence is
+//      cumulative, so all of them are visible device-wide before the count),
+//      atomicAdd(counter, 1).
+//   3. The block whose atomicAdd returns splits - 1 is the last: the other
+//      splits - 1 blocks have each counted once, so no block touches the
+//      counter again in this launch, and thread 0 stores 0 into it. Before
+//      that it fences again (acquire: the other blocks' pairs, released
+//      before their counts, are visible to the loads after the barrier).
+//   4. __syncthreads() hands the verdict to the block; the last block reads
+//      the pairs with __ldcg (through L2, past any stale L1 line).
+// This is the arrival pattern of cooperative groups' grid sync (barrier,
+// fence, atomic, fence, barrier). The next launch on the stream starts after
+// this one has finished, so it finds every counter at zero. Every workspace
+// slot that step 4 reads was stored in step 1 of the same launch, so the
+// workspace needs no initial value.
 //
 // Kernel parameters, in order (see kernels/src/ggem.rs, which computes them):
 //   x          [B, N, C] input, 16-byte aligned
@@ -47,8 +69,8 @@
 //   vec_tile   lanes per row walker; blockDim.x = vec_tile * rows
 //   rows_per_split  tokens per split; gridDim.y = ceil(N / rows_per_split)
 //   workspace  [B, splits, 2, C] floats; unused (may be null) when gridDim.y = 1
-//   counters   [B, gridDim.x] unsigned, zero before the first launch; unused
-//              (may be null) when gridDim.y = 1
+//   counters   [B, gridDim.x] unsigned, zero before the launch and left zero
+//              by it; unused (may be null) when gridDim.y = 1
 //
 // blockDim.x must not exceed GGEM_MAX_THREADS.
 
@@ -222,22 +244,28 @@ __device__ __forceinline__ void ggem_kernel(
         return;
     }
 
-    // Publish this block's pairs, then count it in.
-    __threadfence();
+    // Count this block in; the last of the (b, tile) to arrive merges and
+    // resets the counter (steps 2 to 4 at the top of this file).
     __syncthreads();
     unsigned int* counter = counters + static_cast<size_t>(b) * gridDim.x + tile;
     if (tid == 0) {
+        __threadfence();
         const unsigned int arrived = atomicAdd(counter, 1u);
-        sh_last = (arrived == static_cast<unsigned int>(splits - 1));
+        const bool last = arrived == static_cast<unsigned int>(splits - 1);
+        if (last) {
+            __threadfence();
+            // Every split has counted itself in and none counts again in
+            // this launch: the counter is free to go back to zero.
+            *counter = 0u;
+        }
+        sh_last = last;
     }
     __syncthreads();
     if (!sh_last) {
         return;
     }
-    __threadfence();
 
-    // Last block of this (b, tile): merge the splits in order. __ldcg reads
-    // through L2, where the other blocks' stores are visible.
+    // Last block of this (b, tile): merge the splits in order.
     const float* ws_b = workspace + static_cast<size_t>(b) * splits * 2 * C;
     for (int i = tid; i < tile_channels; i += blockDim.x) {
         const int c = tile_c0 + i;
@@ -251,9 +279,6 @@ __device__ __forceinline__ void ggem_kernel(
             ggem_merge(pm, ps, __ldcg(ws + c), __ldcg(ws + C + c));
         }
         ggem_store(y + static_cast<size_t>(b) * C + c, ggem_root(pm, ps, log2_n, inv_p[c / group_size]));
-    }
-    if (tid == 0) {
-        *counter = 0u;
     }
 }
 

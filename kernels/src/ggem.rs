@@ -309,89 +309,180 @@ mod tests {
         y
     }
 
-    /// The kernels' algorithm in f32, block by block as `launch` splits the
-    /// work: row walkers with GGEM_UNROLL-row chunks, the in-block merge, the
-    /// split merge in split order and the root. It checks the launch
-    /// configuration covers every element once and that the log-domain
-    /// arithmetic holds in f32.
-    fn emulate(x: &[f32], shape: &GgemShape, p: &[f32], eps: f32, launch: &GgemLaunch) -> Vec<f32> {
-        const UNROLL: usize = 4; // GGEM_UNROLL
-        fn merge(m: &mut f32, s: &mut f32, m2: f32, s2: f32) {
-            let (hi, lo) = (m.max(m2), m.min(m2));
-            let scale = if lo == f32::NEG_INFINITY { 0.0 } else { (lo - hi).exp2() };
-            *s = if *m >= m2 { s2.mul_add(scale, *s) } else { s.mul_add(scale, s2) };
-            *m = hi;
+    /// The buffers a stream's launches share: `workspace` holds whatever the
+    /// last launch left (never cleared), `counters` must stay zero between
+    /// launches.
+    struct Scratch {
+        workspace: Vec<f32>,
+        counters: Vec<u32>,
+    }
+
+    impl Scratch {
+        fn new() -> Scratch {
+            Scratch { workspace: Vec::new(), counters: Vec::new() }
         }
+
+        /// Grows each buffer that is too small for `launch`, as a stream's
+        /// scratch on the GPU grows: counters zeroed, the workspace poisoned
+        /// with NaN so that a slot read before it is written shows.
+        fn fit(&mut self, launch: &GgemLaunch) {
+            if self.workspace.len() < launch.workspace_len {
+                self.workspace = vec![f32::NAN; launch.workspace_len];
+            }
+            if self.counters.len() < launch.counters_len {
+                self.counters = vec![0; launch.counters_len];
+            }
+        }
+    }
+
+    fn merge(m: &mut f32, s: &mut f32, m2: f32, s2: f32) {
+        let (hi, lo) = (m.max(m2), m.min(m2));
+        let scale = if lo == f32::NEG_INFINITY { 0.0 } else { (lo - hi).exp2() };
+        *s = if *m >= m2 { s2.mul_add(scale, *s) } else { s.mul_add(scale, s2) };
+        *m = hi;
+    }
+
+    /// One block `(b, tile, split)` of the kernels up to the split merge: its
+    /// row walkers with GGEM_UNROLL-row chunks and their in-block merge.
+    /// Returns the block's pair per channel of the tile and counts every
+    /// input element it reads in `seen`.
+    fn emulate_block(
+        x: &[f32],
+        shape: &GgemShape,
+        p: &[f32],
+        eps: f32,
+        launch: &GgemLaunch,
+        (b, tile, split): (usize, usize, usize),
+        seen: &mut [u32],
+    ) -> Vec<(f32, f32)> {
+        const UNROLL: usize = 4; // GGEM_UNROLL
         let (n, c) = (shape.tokens, shape.channels);
         let gs = shape.group_size();
-        let inv_p = inverse_exponents(p);
         let vec_tile = launch.vec_tile as usize;
         let walkers = launch.row_walkers as usize;
         let rps = launch.rows_per_split as usize;
-        let log2_n = (n as f32).log2();
-        let mut y = vec![f32::NAN; shape.output_len()];
-        let mut seen = vec![0u32; shape.batch * n * c];
-        for b in 0..shape.batch {
-            for tile in 0..launch.channel_tiles() as usize {
-                let mut splits = Vec::new();
-                for split in 0..launch.splits() as usize {
-                    let (n0, n1) = (split * rps, ((split + 1) * rps).min(n));
-                    assert!(n0 < n1, "split {split} is empty: {launch:?}");
-                    // Per walker and channel of the tile: (m, s).
-                    let mut pairs = vec![(f32::NEG_INFINITY, 0.0f32); walkers * vec_tile * VEC];
-                    for w in 0..walkers {
-                        for lane in 0..vec_tile {
-                            let vec = tile * vec_tile + lane;
-                            if vec >= c / VEC {
-                                continue;
-                            }
-                            let pg = p[vec * VEC / gs];
-                            let mut tok = n0 + w;
-                            while tok < n1 {
-                                for k in 0..VEC {
-                                    let ch = vec * VEC + k;
-                                    let t: Vec<f32> = (0..UNROLL)
-                                        .map(|u| tok + u * walkers)
-                                        .filter(|&nu| nu < n1)
-                                        .map(|nu| {
-                                            seen[(b * n + nu) * c + ch] += 1;
-                                            pg * x[(b * n + nu) * c + ch].max(eps).log2()
-                                        })
-                                        .collect();
-                                    let mc = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                                    let sc: f32 = t.iter().map(|t| (t - mc).exp2()).sum();
-                                    let (m, s) = &mut pairs[(w * vec_tile + lane) * VEC + k];
-                                    merge(m, s, mc, sc);
-                                }
-                                tok += walkers * UNROLL;
-                            }
-                        }
-                    }
-                    let mut block = Vec::new();
-                    for i in 0..vec_tile * VEC {
-                        let (mut m, mut s) = pairs[i];
-                        for w in 1..walkers {
-                            let (m2, s2) = pairs[w * vec_tile * VEC + i];
-                            merge(&mut m, &mut s, m2, s2);
-                        }
-                        block.push((m, s));
-                    }
-                    splits.push(block);
+        let (n0, n1) = (split * rps, ((split + 1) * rps).min(n));
+        assert!(n0 < n1, "split {split} is empty: {launch:?}");
+        // Per walker and channel of the tile: (m, s).
+        let mut pairs = vec![(f32::NEG_INFINITY, 0.0f32); walkers * vec_tile * VEC];
+        for w in 0..walkers {
+            for lane in 0..vec_tile {
+                let vec = tile * vec_tile + lane;
+                if vec >= c / VEC {
+                    continue;
                 }
-                for i in 0..vec_tile * VEC {
-                    let ch = tile * vec_tile * VEC + i;
-                    if ch >= c {
-                        break;
+                let pg = p[vec * VEC / gs];
+                let mut tok = n0 + w;
+                while tok < n1 {
+                    for k in 0..VEC {
+                        let ch = vec * VEC + k;
+                        let t: Vec<f32> = (0..UNROLL)
+                            .map(|u| tok + u * walkers)
+                            .filter(|&nu| nu < n1)
+                            .map(|nu| {
+                                seen[(b * n + nu) * c + ch] += 1;
+                                pg * x[(b * n + nu) * c + ch].max(eps).log2()
+                            })
+                            .collect();
+                        let mc = t.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                        let sc: f32 = t.iter().map(|t| (t - mc).exp2()).sum();
+                        let (m, s) = &mut pairs[(w * vec_tile + lane) * VEC + k];
+                        merge(m, s, mc, sc);
                     }
-                    let (mut m, mut s) = splits[0][i];
-                    for other in &splits[1..] {
-                        merge(&mut m, &mut s, other[i].0, other[i].1);
-                    }
-                    y[b * c + ch] = ((m + s.log2() - log2_n) * inv_p[ch / gs]).exp2();
+                    tok += walkers * UNROLL;
                 }
             }
         }
+        (0..vec_tile * VEC)
+            .map(|i| {
+                let (mut m, mut s) = pairs[i];
+                for w in 1..walkers {
+                    let (m2, s2) = pairs[w * vec_tile * VEC + i];
+                    merge(&mut m, &mut s, m2, s2);
+                }
+                (m, s)
+            })
+            .collect()
+    }
+
+    /// The kernels' algorithm in f32, one block at a time in the order
+    /// `order` shuffles them into, through `scratch` as the kernels use
+    /// their workspace and counters: a split block stores its pairs and
+    /// counts itself in, and the block that arrives last merges the splits
+    /// in split order, applies the root and sets its counter back to zero.
+    /// It checks that the launch configuration covers every element once,
+    /// that the last block reads only workspace slots its launch wrote, and
+    /// that the log-domain arithmetic holds in f32.
+    fn emulate(
+        x: &[f32],
+        shape: &GgemShape,
+        p: &[f32],
+        eps: f32,
+        launch: &GgemLaunch,
+        order: &mut XorShift,
+        scratch: &mut Scratch,
+    ) -> Vec<f32> {
+        let (n, c) = (shape.tokens, shape.channels);
+        let gs = shape.group_size();
+        let inv_p = inverse_exponents(p);
+        let tile_channels = launch.vec_tile as usize * VEC;
+        let (tiles, splits) = (launch.channel_tiles() as usize, launch.splits() as usize);
+        let log2_n = (n as f32).log2();
+        let root = |ch: usize, (m, s): (f32, f32)| ((m + s.log2() - log2_n) * inv_p[ch / gs]).exp2();
+        let mut y = vec![f32::NAN; shape.output_len()];
+        let mut seen = vec![0u32; shape.batch * n * c];
+
+        let mut blocks: Vec<(usize, usize, usize)> = (0..shape.batch)
+            .flat_map(|b| (0..tiles).flat_map(move |tile| (0..splits).map(move |split| (b, tile, split))))
+            .collect();
+        for i in (1..blocks.len()).rev() {
+            blocks.swap(i, order.next_u32() as usize % (i + 1));
+        }
+        assert!(scratch.workspace.len() >= launch.workspace_len, "{launch:?}");
+        assert!(scratch.counters.len() >= launch.counters_len, "{launch:?}");
+        // What the last block of a (b, tile) may read: the slots stored in this launch.
+        let mut stored = vec![false; launch.workspace_len];
+        for (b, tile, split) in blocks {
+            let pairs = emulate_block(x, shape, p, eps, launch, (b, tile, split), &mut seen);
+            let channels = (tile * tile_channels..((tile + 1) * tile_channels).min(c)).zip(pairs);
+            if splits == 1 {
+                for (ch, pair) in channels {
+                    y[b * c + ch] = root(ch, pair);
+                }
+                continue;
+            }
+            let ws = (b * splits + split) * 2 * c;
+            for (ch, (m, s)) in channels {
+                (scratch.workspace[ws + ch], scratch.workspace[ws + c + ch]) = (m, s);
+                (stored[ws + ch], stored[ws + c + ch]) = (true, true);
+            }
+            let counter = &mut scratch.counters[b * tiles + tile];
+            let arrived = *counter;
+            *counter += 1;
+            if arrived as usize != splits - 1 {
+                continue;
+            }
+            *counter = 0;
+            let ws_b = b * splits * 2 * c;
+            for ch in tile * tile_channels..((tile + 1) * tile_channels).min(c) {
+                let read = |sp: usize| {
+                    let at = ws_b + sp * 2 * c + ch;
+                    assert!(
+                        stored[at] && stored[at + c],
+                        "split {sp} of {ch} read before written: {launch:?}"
+                    );
+                    (scratch.workspace[at], scratch.workspace[at + c])
+                };
+                let (mut m, mut s) = read(0);
+                for sp in 1..splits {
+                    let (m2, s2) = read(sp);
+                    merge(&mut m, &mut s, m2, s2);
+                }
+                y[b * c + ch] = root(ch, (m, s));
+            }
+        }
         assert!(seen.iter().all(|&k| k == 1), "every input element must be read exactly once: {launch:?}");
+        assert!(scratch.counters.iter().all(|&k| k == 0), "counters left non-zero: {launch:?}");
         y
     }
 
@@ -586,7 +677,9 @@ mod tests {
                 }
             }
             let launch = shape_launch(&shape, sm);
-            let got = emulate(&x, &shape, &p, EPS, &launch);
+            let mut scratch = Scratch::new();
+            scratch.fit(&launch);
+            let got = emulate(&x, &shape, &p, EPS, &launch, &mut XorShift::new(3), &mut scratch);
             assert!(got.iter().all(|v| v.is_finite()), "{shape:?}: {got:?}");
             let got: Vec<f64> = got.into_iter().map(f64::from).collect();
             let want = ggem_reference(&x, b, n, c, &p, EPS).unwrap();
@@ -594,5 +687,42 @@ mod tests {
                 panic!("{launch:?}: {e}");
             }
         }
+    }
+
+    /// One scratch, zeroed once and grown when a launch needs more, serves
+    /// launches of every shape in a row, whatever order their blocks run in:
+    /// the counters are back at zero after each launch and the result does
+    /// not depend on the order.
+    #[test]
+    fn one_scratch_serves_every_launch_on_a_stream() {
+        let mut rng = XorShift::new(0x5851_f42d_4c95_7f2d);
+        let mut scratch = Scratch::new();
+        // Growing, shrinking and unsplit launches, on the sizes of a large
+        // GPU and of a small one.
+        for &(b, n, c, g, sm) in &[
+            (1, 196, 192, 3, 132),
+            (2, 197, 384, 6, 132),
+            (1, 196, 192, 3, 132),
+            (64, 196, 768, 12, 16),
+            (1, 50, 4104, 513, 8),
+            (3, 37, 64, 8, 132),
+            (1, 196, 192, 3, 16),
+        ] {
+            let shape = GgemShape::new(b, n, c, g).unwrap();
+            let launch = shape_launch(&shape, sm);
+            let p: Vec<f32> = (0..g).map(|i| 1.0 + (i % 8) as f32).collect();
+            let x: Vec<f32> = (0..b * n * c).map(|_| rng.uniform(-1.0, 8.0)).collect();
+            scratch.fit(&launch);
+            let first = emulate(&x, &shape, &p, EPS, &launch, &mut XorShift::new(11), &mut scratch);
+            let again = emulate(&x, &shape, &p, EPS, &launch, &mut XorShift::new(12), &mut scratch);
+            let bits = |y: &[f32]| y.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&first), bits(&again), "block order changed the result: {launch:?}");
+            let got: Vec<f64> = first.into_iter().map(f64::from).collect();
+            let want = ggem_reference(&x, b, n, c, &p, EPS).unwrap();
+            if let Err(e) = Tolerance::Close.check(&got, &want, &[b, c]) {
+                panic!("{launch:?}: {e}");
+            }
+        }
+        assert!(scratch.counters.len() > 1 && scratch.workspace.len() > 1);
     }
 }
