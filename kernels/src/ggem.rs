@@ -1,5 +1,5 @@
 //! GGeM (Group Generalized Mean) pooling over tokens: the CUDA source, its
-//! launch configuration and the f64 reference.
+//! launch configuration, the launch itself and the f64 reference.
 //!
 //! For tokens `x[b, n, c]` with channels split into `G` contiguous groups and
 //! one exponent `p_g >= 1` per group:
@@ -14,7 +14,17 @@
 //! below eps (eps^8 underflows) lose the result. [`ggem_reference`] uses the
 //! same identity in f64. `cuda/ggem.cu` documents the work split.
 //!
-//! A launch, given a [`GgemLaunch`] from [`launch_config`]:
+//! [`GgemKernels`] holds both kernels loaded into a CUDA context and makes
+//! every launch: it checks the device views against the shape, computes the
+//! [`GgemLaunch`] ([`launch_config`]), passes the arguments in the order
+//! `cuda/ggem.cu` declares them (checked against the PTX when it loads),
+//! and keeps one scratch per stream for launches that split the tokens
+//! across blocks. The scratch is zeroed once, when it is allocated or grown,
+//! never per launch: the kernels leave their counters at zero (the protocol
+//! is at the top of `cuda/ggem.cu`), and every workspace slot a launch reads
+//! it wrote first. [`GgemParams`] holds a head's exponents on the device.
+//!
+//! The launch, as [`GgemKernels::launch`] makes it:
 //!
 //! ```text
 //! grid = launch.grid, block = launch.block, no dynamic shared memory
@@ -23,11 +33,15 @@
 //! ```
 //!
 //! `x` must be 16-byte aligned and finite (an infinite input makes NaN).
-//! `inv_p` comes from [`inverse_exponents`]. The counters must be zero before
-//! the first launch; every launch leaves them zero again, so one zeroed
-//! allocation serves every later launch on the same stream. Launches that may
-//! overlap (different streams) need their own workspace and counters.
 
+use std::sync::{Arc, Mutex, PoisonError};
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+    DriverError as CudaError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
 use thiserror::Error;
 
 /// The CUDA C source of both kernels.
@@ -44,6 +58,14 @@ pub const KERNEL_F32: &str = "ggem_f32";
 
 /// Every kernel defined by [`SOURCE`].
 pub const KERNELS: [&str; 2] = [KERNEL_F16, KERNEL_F32];
+
+/// The PTX types of both kernels' parameters, in the order of the list at
+/// the top of [`SOURCE`]: `x, y, p, inv_p` (pointers), `B, N, C, G`, `eps`,
+/// `vec_tile, rows_per_split`, `workspace, counters` (pointers). What
+/// [`GgemKernels::launch`] passes; [`GgemKernels::load`] refuses PTX whose
+/// entries declare anything else.
+pub const PTX_PARAMS: [&str; 13] =
+    [".u64", ".u64", ".u64", ".u64", ".u32", ".u32", ".u32", ".u32", ".f32", ".u32", ".u32", ".u64", ".u64"];
 
 /// The clamp floor of the model's GGeM head.
 pub const EPS: f32 = 1e-6;
@@ -82,6 +104,31 @@ pub enum GgemError {
     Eps(f32),
     #[error("expected B * N * C = {expected} input elements but got {got}")]
     InputLength { expected: usize, got: usize },
+}
+
+/// Why the kernels could not be loaded or launched.
+#[derive(Debug, Error)]
+pub enum GgemLaunchError {
+    #[error(transparent)]
+    Shape(#[from] GgemError),
+    #[error("expected {expected} bytes of {what} but the device view holds {got}")]
+    ViewLength { what: &'static str, expected: usize, got: usize },
+    #[error("expected tokens 16-byte aligned but they start at {address:#x}")]
+    Misaligned { address: u64 },
+    #[error("expected a stream of the context the GGeM kernels were loaded into")]
+    OtherContext,
+    /// `found` is the parameter list the PTX declares, or that it has no
+    /// such entry.
+    #[error(
+        "expected the PTX's {kernel} to take {PTX_PARAMS:?} but {found}: it was not compiled from this ggem.cu"
+    )]
+    Signature { kernel: &'static str, found: String },
+    #[error("{call} failed: {error}")]
+    Cuda { call: &'static str, error: CudaError },
+}
+
+fn cuda<T>(call: &'static str, r: Result<T, CudaError>) -> Result<T, GgemLaunchError> {
+    r.map_err(|error| GgemLaunchError::Cuda { call, error })
 }
 
 /// Validated pooling sizes: `batch` images of `tokens` tokens of `channels`
@@ -140,10 +187,22 @@ impl GgemShape {
         if p.len() != self.groups {
             return Err(GgemError::ExponentCount { groups: self.groups, got: p.len() });
         }
-        match p.iter().position(|v| !(v.is_finite() && *v >= 1.0)) {
-            Some(group) => Err(GgemError::Exponent { group, value: p[group] }),
-            None => Ok(()),
-        }
+        check_exponent_values(p)
+    }
+}
+
+fn check_exponent_values(p: &[f32]) -> Result<(), GgemError> {
+    match p.iter().position(|v| !(v.is_finite() && *v >= 1.0)) {
+        Some(group) => Err(GgemError::Exponent { group, value: p[group] }),
+        None => Ok(()),
+    }
+}
+
+fn check_eps(eps: f32) -> Result<(), GgemError> {
+    if eps.is_finite() && eps > 0.0 {
+        Ok(())
+    } else {
+        Err(GgemError::Eps(eps))
     }
 }
 
@@ -243,6 +302,254 @@ fn shape_launch(shape: &GgemShape, sm_count: u32) -> GgemLaunch {
     }
 }
 
+/// The element type of the tokens and the output: [`KERNEL_F16`] or
+/// [`KERNEL_F32`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Float {
+    F16,
+    F32,
+}
+
+impl Float {
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Float::F16 => 2,
+            Float::F32 => 4,
+        }
+    }
+}
+
+/// The parameter types of `.entry <kernel>(` in `ptx`, in order (`.u64`,
+/// `.f32`, ...), or `None` when the PTX has no such entry.
+pub fn ptx_params(ptx: &str, kernel: &str) -> Option<Vec<String>> {
+    let entry = format!(".entry {kernel}(");
+    let list = &ptx[ptx.find(&entry)? + entry.len()..];
+    let list = &list[..list.find(')')?];
+    Some(
+        list.split(',')
+            .filter(|param| !param.trim().is_empty())
+            .map(|param| param.split_whitespace().nth(1).unwrap_or_default().to_string())
+            .collect(),
+    )
+}
+
+/// Both kernels of `ptx` take [`PTX_PARAMS`].
+fn check_signature(ptx: &str) -> Result<(), GgemLaunchError> {
+    for kernel in KERNELS {
+        let found = match ptx_params(ptx, kernel) {
+            Some(params) if params == PTX_PARAMS => continue,
+            Some(params) => format!("it declares {params:?}"),
+            None => "it has no such entry".to_string(),
+        };
+        return Err(GgemLaunchError::Signature { kernel, found });
+    }
+    Ok(())
+}
+
+/// A GGeM head's constants on the device: one exponent `p` per group, their
+/// reciprocals and the clamp floor.
+#[derive(Debug)]
+pub struct GgemParams {
+    p: CudaSlice<f32>,
+    inv_p: CudaSlice<f32>,
+    eps: f32,
+}
+
+impl GgemParams {
+    /// Checks `p` (finite, >= 1) and `eps` (finite, > 0), copies `p` and
+    /// `1 / p` to the device on `stream` and waits for the copies, so that
+    /// launches on any stream of the context may read them.
+    pub fn upload(stream: &Arc<CudaStream>, p: &[f32], eps: f32) -> Result<GgemParams, GgemLaunchError> {
+        check_exponent_values(p)?;
+        check_eps(eps)?;
+        let params = GgemParams {
+            p: cuda("cuMemcpyHtoDAsync", stream.clone_htod(p))?,
+            inv_p: cuda("cuMemcpyHtoDAsync", stream.clone_htod(&inverse_exponents(p)))?,
+            eps,
+        };
+        cuda("cuStreamSynchronize", stream.synchronize())?;
+        Ok(params)
+    }
+
+    /// The number of groups, one exponent each.
+    pub fn groups(&self) -> usize {
+        self.p.len()
+    }
+}
+
+/// Both GGeM kernels loaded into one CUDA context, and the scratch of every
+/// stream that has launched them with the tokens split across blocks (a
+/// stream's entry goes when the stream is gone and another one arrives).
+#[derive(Debug)]
+pub struct GgemKernels {
+    context: Arc<CudaContext>,
+    f16: CudaFunction,
+    f32: CudaFunction,
+    sm_count: u32,
+    scratch: Mutex<Vec<Scratch>>,
+}
+
+/// One stream's workspace and counters (`cuda/ggem.cu`, "Split merge and
+/// counters"). Both are zeroed when allocated; the counters are zero again
+/// after every launch and the workspace needs no value, so a launch uses
+/// them as they are, on the stream they belong to, which orders it after
+/// every earlier launch that used them.
+#[derive(Debug)]
+struct Scratch {
+    stream: Arc<CudaStream>,
+    workspace: CudaSlice<f32>,
+    counters: CudaSlice<u32>,
+}
+
+impl Scratch {
+    fn new(stream: &Arc<CudaStream>, launch: &GgemLaunch) -> Result<Scratch, GgemLaunchError> {
+        Ok(Scratch {
+            stream: stream.clone(),
+            workspace: cuda("cuMemAllocAsync", stream.alloc_zeros(launch.workspace_len))?,
+            counters: cuda("cuMemAllocAsync", stream.alloc_zeros(launch.counters_len))?,
+        })
+    }
+
+    /// Grows whichever buffer is smaller than `launch` needs. The buffer it
+    /// replaces is freed in stream order, after the launches that used it.
+    fn fit(&mut self, launch: &GgemLaunch) -> Result<(), GgemLaunchError> {
+        if self.workspace.len() < launch.workspace_len {
+            self.workspace = cuda("cuMemAllocAsync", self.stream.alloc_zeros(launch.workspace_len))?;
+        }
+        if self.counters.len() < launch.counters_len {
+            self.counters = cuda("cuMemAllocAsync", self.stream.alloc_zeros(launch.counters_len))?;
+        }
+        Ok(())
+    }
+
+    /// Whether nothing but this entry holds its stream, so that no launch
+    /// can come on it again: the only handles left are the entry's own and
+    /// the one each buffer keeps to the stream it was allocated on. Were
+    /// an entry still in use dropped, it would cost only a new allocation:
+    /// its frees are ordered on its own stream.
+    fn orphaned(&self) -> bool {
+        Arc::strong_count(&self.stream) <= 3
+    }
+}
+
+impl GgemKernels {
+    /// Loads `ptx`, compiled from [`SOURCE`], into `context`, after checking
+    /// that both kernels take [`PTX_PARAMS`].
+    pub fn load(context: &Arc<CudaContext>, ptx: String) -> Result<GgemKernels, GgemLaunchError> {
+        check_signature(&ptx)?;
+        let sm_count = cuda(
+            "cuDeviceGetAttribute(MULTIPROCESSOR_COUNT)",
+            context.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT),
+        )?;
+        let module = cuda("cuModuleLoadData", context.load_module(Ptx::from_src(ptx)))?;
+        Ok(GgemKernels {
+            context: context.clone(),
+            f16: cuda("cuModuleGetFunction(ggem_f16)", module.load_function(KERNEL_F16))?,
+            f32: cuda("cuModuleGetFunction(ggem_f32)", module.load_function(KERNEL_F32))?,
+            sm_count: u32::try_from(sm_count).unwrap_or(1).max(1),
+            scratch: Mutex::default(),
+        })
+    }
+
+    /// The device's multiprocessors, which [`launch_config`] spreads the
+    /// blocks over.
+    pub fn sm_count(&self) -> u32 {
+        self.sm_count
+    }
+
+    /// Queues GGeM of `x` (`[B, N, C]` row-major, `float` elements, 16-byte
+    /// aligned) into `y` (`[B, C]`) on `stream`, with `params`' exponents
+    /// and eps, and returns the launch it made. Launches on one stream run
+    /// in order and share that stream's scratch; launches on different
+    /// streams each have their own, so they may overlap.
+    pub fn launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        float: Float,
+        shape: &GgemShape,
+        params: &GgemParams,
+        x: &CudaView<'_, u8>,
+        y: &mut CudaViewMut<'_, u8>,
+    ) -> Result<GgemLaunch, GgemLaunchError> {
+        if !Arc::ptr_eq(stream.context(), &self.context) {
+            return Err(GgemLaunchError::OtherContext);
+        }
+        if params.groups() != shape.groups {
+            return Err(GgemError::ExponentCount { groups: shape.groups, got: params.groups() }.into());
+        }
+        for (what, expected, got) in [
+            ("tokens [B, N, C]", shape.input_len() * float.size(), x.len()),
+            ("output [B, C]", shape.output_len() * float.size(), y.len()),
+        ] {
+            if got != expected {
+                return Err(GgemLaunchError::ViewLength { what, expected, got });
+            }
+        }
+        let address = x.device_ptr(stream).0;
+        if address % 16 != 0 {
+            return Err(GgemLaunchError::Misaligned { address });
+        }
+
+        let launch = shape_launch(shape, self.sm_count);
+        let function = match float {
+            Float::F16 => &self.f16,
+            Float::F32 => &self.f32,
+        };
+        // GgemShape::new bounds B, N and C (so G) below i32::MAX, and
+        // vec_tile and rows_per_split are at most C / 8 and N.
+        let sizes = [shape.batch, shape.tokens, shape.channels, shape.groups].map(|v| v as i32);
+        let (vec_tile, rows_per_split) = (launch.vec_tile as i32, launch.rows_per_split as i32);
+        let null: u64 = 0;
+
+        let mut cache = self.scratch.lock().unwrap_or_else(PoisonError::into_inner);
+        let scratch = if launch.splits() > 1 {
+            let at = match cache.iter().position(|s| Arc::ptr_eq(&s.stream, stream)) {
+                Some(at) => {
+                    cache[at].fit(&launch)?;
+                    at
+                }
+                None => {
+                    cache.retain(|s| !s.orphaned());
+                    cache.push(Scratch::new(stream, &launch)?);
+                    cache.len() - 1
+                }
+            };
+            Some(&cache[at])
+        } else {
+            None
+        };
+
+        let mut call = stream.launch_builder(function);
+        call.arg(x).arg(y).arg(&params.p).arg(&params.inv_p);
+        for size in &sizes {
+            call.arg(size);
+        }
+        call.arg(&params.eps).arg(&vec_tile).arg(&rows_per_split);
+        match scratch {
+            Some(scratch) => call.arg(&scratch.workspace).arg(&scratch.counters),
+            None => call.arg(&null).arg(&null),
+        };
+        let config = LaunchConfig {
+            grid_dim: launch.grid.into(),
+            block_dim: launch.block.into(),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the arguments are PTX_PARAMS in order and type: four device
+        // pointers, four i32 sizes, the f32 eps, two i32 launch sizes and two
+        // device pointers (null only with one split, where the kernels do not
+        // touch them); `load` checked the PTX declares exactly these. The
+        // views were checked above to hold B*N*C and B*C elements of `float`
+        // and x to be 16-byte aligned; the exponents are G floats; the
+        // workspace and counters hold at least the lengths launch_config
+        // gave, on this stream, with the counters at zero (the kernels leave
+        // them so), and the lock keeps them alive until the launch is queued.
+        // The block is at most MAX_THREADS, the kernels' launch bound.
+        cuda("cuLaunchKernel(ggem)", unsafe { call.launch(config) })?;
+        Ok(launch)
+    }
+}
+
 /// GGeM of `x` (`[b, n, c]`, row-major) in f64, the ground truth of the
 /// kernels. `p` holds one exponent per group (its length is `G`) and `eps` is
 /// the clamp floor; both are taken at their f32 values, as the kernels see
@@ -261,9 +568,7 @@ pub fn ggem_reference(
 ) -> Result<Vec<f64>, GgemError> {
     let shape = GgemShape::new(b, n, c, p.len())?;
     shape.check_exponents(p)?;
-    if !(eps.is_finite() && eps > 0.0) {
-        return Err(GgemError::Eps(eps));
-    }
+    check_eps(eps)?;
     if x.len() != shape.input_len() {
         return Err(GgemError::InputLength { expected: shape.input_len(), got: x.len() });
     }
@@ -724,5 +1029,38 @@ mod tests {
             }
         }
         assert!(scratch.counters.len() > 1 && scratch.workspace.len() > 1);
+    }
+
+    /// PTX as NVRTC writes an entry's parameter list, for the two kernels.
+    fn ptx_with(params: &[&str]) -> String {
+        KERNELS
+            .iter()
+            .map(|kernel| {
+                let list: Vec<String> = params
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| format!("\t.param {t} {kernel}_param_{i}"))
+                    .collect();
+                format!(".visible .entry {kernel}(\n{}\n)\n.maxntid 256, 1, 1\n{{\n}}\n", list.join(",\n"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ptx_of_another_parameter_list_is_refused() {
+        assert_eq!(ptx_params(&ptx_with(&PTX_PARAMS), KERNEL_F32).unwrap(), PTX_PARAMS);
+        check_signature(&ptx_with(&PTX_PARAMS)).unwrap();
+        // One parameter fewer: a ggem.cu from before the counters.
+        let older = ptx_with(&PTX_PARAMS[..12]);
+        let err = check_signature(&older).unwrap_err().to_string();
+        assert!(err.starts_with("expected the PTX's ggem_f16 to take [\".u64\""), "{err}");
+        assert!(err.ends_with("it was not compiled from this ggem.cu"), "{err}");
+        let mut swapped = PTX_PARAMS;
+        swapped.swap(8, 9);
+        assert!(check_signature(&ptx_with(&swapped)).is_err());
+        let only_f16 = ptx_with(&PTX_PARAMS).replace("ggem_f32", "ggem_f64");
+        let err = check_signature(&only_f16).unwrap_err().to_string();
+        assert!(err.contains("ggem_f32") && err.contains("it has no such entry"), "{err}");
+        assert_eq!(ptx_params(".entry ggem_f16()\n", KERNEL_F16).unwrap(), Vec::<String>::new());
     }
 }

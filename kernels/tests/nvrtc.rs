@@ -107,6 +107,12 @@ fn ggem_ptx_exports_both_kernels() {
             // `.entry name(` so that ggem_f16 does not match ggem_f16_other.
             let entry = format!(".entry {kernel}(");
             assert!(ptx.ptx.contains(&entry), "compute_{arch}: PTX lacks `{entry}`");
+            // The parameter list the launch passes.
+            assert_eq!(
+                ggem::ptx_params(&ptx.ptx, kernel).unwrap(),
+                ggem::PTX_PARAMS,
+                "compute_{arch}: {kernel}'s parameters"
+            );
         }
         // The loads are 128 bits wide (one per lane for fp16, two for fp32).
         assert!(

@@ -6,7 +6,10 @@
 //! the host between two syncs. Our [`Ggem`] op is one of the rest, so after
 //! its translation [`place_ggem`] swaps each `DeviceSync(ToHost) -> Ggem`
 //! for [`CudaGgem`], whose output stays on the device, and drops the syncs
-//! that leaves back to back. The kernel's PTX is prebuilt for the board when
+//! that leaves back to back. `CudaGgem` checks the tokens' layout and hands
+//! tract's device views to [`GgemKernels::launch`], which sits beside the
+//! kernel's source in the kernels crate with its argument list and the
+//! scratch of each stream. The kernel's PTX is prebuilt for the board when
 //! the image ships it, else compiled with NVRTC once and cached
 //! ([`edgevit_kernels::KernelStore`]).
 
@@ -14,9 +17,9 @@ use std::fmt;
 use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::sys::CUdevice_attribute;
-use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, LaunchConfig, PushKernelArg};
-use cudarc::nvrtc::Ptx;
-use edgevit_kernels::{ggem as kernel, KernelStore, Nvrtc};
+use cudarc::driver::{CudaContext, CudaStream};
+use edgevit_kernels::ggem::{self as kernel, Float, GgemKernels, GgemParams, GgemShape};
+use edgevit_kernels::{KernelStore, Nvrtc};
 use tract_cuda::CudaTransform;
 use tract_gpu::rewrite_rules::rewire_syncs::rewire_syncs;
 use tract_gpu::sync::{DeviceSync, DeviceSyncKind};
@@ -100,27 +103,19 @@ pub fn place_ggem(model: &mut TypedModel) -> TractResult<(usize, usize)> {
     Ok((placed, left))
 }
 
-/// The compiled GGeM kernels on the process's GPU.
-struct Kernels {
-    f16: CudaFunction,
-    f32: CudaFunction,
-    sm_count: u32,
-}
-
-/// The kernels, loaded once: PTX prebuilt, cached or compiled now.
-fn kernels(ctx: &Arc<CudaContext>) -> TractResult<&'static Kernels> {
-    static KERNELS: OnceLock<Result<Kernels, String>> = OnceLock::new();
+/// The GGeM kernels, loaded once: PTX prebuilt, cached or compiled now.
+fn kernels(ctx: &Arc<CudaContext>) -> TractResult<&'static GgemKernels> {
+    static KERNELS: OnceLock<Result<GgemKernels, String>> = OnceLock::new();
     KERNELS
         .get_or_init(|| load_kernels(ctx).map_err(|e| format!("{e:#}")))
         .as_ref()
         .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-fn load_kernels(ctx: &Arc<CudaContext>) -> TractResult<Kernels> {
+fn load_kernels(ctx: &Arc<CudaContext>) -> TractResult<GgemKernels> {
     let attribute = |a| ctx.attribute(a).with_context(|| format!("cuDeviceGetAttribute({a:?})"));
     let major = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
     let minor = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
-    let sm_count = attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)?;
     let arch = u32::try_from(major * 10 + minor)?;
     let driver = edgevit_kernels::driver::probe()?.cuda;
     let stem = kernel::SOURCE_NAME.trim_end_matches(".cu");
@@ -131,12 +126,7 @@ fn load_kernels(ctx: &Arc<CudaContext>) -> TractResult<Kernels> {
         )
     })?;
     log::info!("cuda: {} for sm_{arch}: {origin}", kernel::SOURCE_NAME);
-    let module = ctx.load_module(Ptx::from_src(ptx)).context("loading the GGeM PTX")?;
-    Ok(Kernels {
-        f16: module.load_function(kernel::KERNEL_F16)?,
-        f32: module.load_function(kernel::KERNEL_F32)?,
-        sm_count: sm_count.max(1) as u32,
-    })
+    GgemKernels::load(ctx, ptx).with_context(|| format!("loading the GGeM PTX ({origin})"))
 }
 
 /// [`Ggem`] on the GPU: tokens `[B, N, C]` on the device in, `[B, C]` on
@@ -147,8 +137,8 @@ pub struct CudaGgem {
     eps: f32,
     /// One exponent per group.
     p: Vec<f32>,
-    /// `p` and `1 / p` on the device, uploaded by the first run.
-    exponents: Arc<OnceLock<(CudaSlice<f32>, CudaSlice<f32>)>>,
+    /// `p`, `1 / p` and eps on the device, uploaded by the first run.
+    params: Arc<OnceLock<GgemParams>>,
 }
 
 impl CudaGgem {
@@ -157,17 +147,15 @@ impl CudaGgem {
         let (c, g) = (per_channel.len(), op.groups);
         ensure!(g > 0 && c % g == 0, "Ggem has {c} channels in {g} groups");
         let p = per_channel.iter().step_by(c / g).copied().collect();
-        Ok(CudaGgem { groups: g, eps: op.eps(), p, exponents: Arc::default() })
+        Ok(CudaGgem { groups: g, eps: op.eps(), p, params: Arc::default() })
     }
 
-    fn exponents(&self, stream: &Arc<CudaStream>) -> TractResult<&(CudaSlice<f32>, CudaSlice<f32>)> {
-        if let Some(uploaded) = self.exponents.get() {
+    fn params(&self, stream: &Arc<CudaStream>) -> TractResult<&GgemParams> {
+        if let Some(uploaded) = self.params.get() {
             return Ok(uploaded);
         }
-        let uploaded = (stream.clone_htod(&self.p)?, stream.clone_htod(&kernel::inverse_exponents(&self.p))?);
-        // Other threads run on other streams: let them find the values there.
-        stream.synchronize()?;
-        Ok(self.exponents.get_or_init(|| uploaded))
+        let uploaded = GgemParams::upload(stream, &self.p, self.eps)?;
+        Ok(self.params.get_or_init(|| uploaded))
     }
 }
 
@@ -211,48 +199,21 @@ impl EvalOp for CudaGgem {
             x.strides()
         );
         let dt = x.datum_type();
+        let float = match dt {
+            DatumType::F16 => Float::F16,
+            DatumType::F32 => Float::F32,
+            dt => bail!("CudaGgem supports f16 and f32 tokens, not {dt:?}"),
+        };
+        let shape = GgemShape::new(b, n, c, self.groups)?;
         let y = tract_gpu::turn_handler::make_tensor_for_node(ctx, dt, &[b, c])?;
         tract_cuda::with_cuda_stream(|stream| {
-            let k = kernels(stream.context())?;
-            let function = match dt {
-                DatumType::F16 => &k.f16,
-                DatumType::F32 => &k.f32,
-                dt => bail!("CudaGgem supports f16 and f32 tokens, not {dt:?}"),
-            };
-            let launch = kernel::launch_config(b, n, c, self.groups, k.sm_count)?;
-            let to_i32 = |v: usize| i32::try_from(v).context("GGeM dimension past i32");
-            let (b32, n32, c32, g32) = (to_i32(b)?, to_i32(n)?, to_i32(c)?, to_i32(self.groups)?);
-            let (vec_tile, rows) = (launch.vec_tile as i32, launch.rows_per_split as i32);
-            // Token ranges split across blocks meet in a workspace, counted
-            // per channel tile by counters that must start at zero.
-            let scratch = if launch.splits() > 1 {
-                Some((
-                    stream.alloc_zeros::<f32>(launch.workspace_len)?,
-                    stream.alloc_zeros::<u32>(launch.counters_len)?,
-                ))
-            } else {
-                None
-            };
-            let null: u64 = 0;
+            let kernels = kernels(stream.context())?;
+            let params = self.params(stream)?;
             let xs = tract_cuda::kernels::get_cuda_view(x);
             let mut ys = tract_cuda::kernels::get_cuda_view_mut(&y);
-            let (p, inv_p) = self.exponents(stream)?;
-            let mut call = stream.launch_builder(function);
-            call.arg(&xs).arg(&mut ys).arg(p).arg(inv_p);
-            call.arg(&b32).arg(&n32).arg(&c32).arg(&g32).arg(&self.eps).arg(&vec_tile).arg(&rows);
-            match &scratch {
-                Some((workspace, counters)) => call.arg(workspace).arg(counters),
-                None => call.arg(&null).arg(&null),
-            };
-            let config = LaunchConfig {
-                grid_dim: (launch.grid[0], launch.grid[1], launch.grid[2]),
-                block_dim: (launch.block[0], launch.block[1], launch.block[2]),
-                shared_mem_bytes: 0,
-            };
-            // SAFETY: the arguments match ggem_f16/ggem_f32's signature in
-            // order and type; x holds B*N*C and y B*C elements of `dt`, the
-            // exponents G floats, and the scratch the sizes launch_config gave.
-            unsafe { call.launch(config) }.context("launching the GGeM kernel")?;
+            kernels
+                .launch(stream, float, &shape, params, &xs, &mut ys)
+                .context("launching the GGeM kernel")?;
             Ok(())
         })?;
         Ok(tvec!(y.into_tensor().into_tvalue()))
