@@ -2,11 +2,14 @@
 //! image ships it, else compiled with NVRTC once and cached.
 //!
 //! A firmware image for a GPU-path board carries
-//! `usr/lib/edgevit/kernels/sm_XX/<stem>.ptx`, built from the same sources
-//! as its binary. Anywhere else the first run compiles the source and keeps
-//! the PTX under the cache directory, named by a hash of the source, the
-//! architecture and the driver's CUDA version, so a new source, GPU or driver
-//! compiles afresh and nothing stale is ever loaded.
+//! `usr/lib/edgevit/kernels/sm_XX/<stem>-<hash>.ptx` ([`prebuilt_file_name`]),
+//! built from the same sources as its binary, with `<hash>` a hash of the
+//! source it was compiled from: a binary looks only for its own source's
+//! PTX, so PTX left from another version of the source, whose kernels may
+//! take other parameters, is never loaded. Anywhere else the first run
+//! compiles the source and keeps the PTX under the cache directory, named by
+//! the same hash, the architecture and the driver's CUDA version, so a new
+//! source, GPU or driver compiles afresh and nothing stale is ever loaded.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -67,9 +70,9 @@ impl KernelStore {
         KernelStore { prebuilt, cache }
     }
 
-    /// The prebuilt PTX of `stem` (a source's file name without `.cu`) for `sm_<arch>`.
-    pub fn prebuilt_path(&self, stem: &str, arch: u32) -> PathBuf {
-        self.prebuilt.join(format!("sm_{arch}")).join(format!("{stem}.ptx"))
+    /// The prebuilt PTX of `source` (file `<stem>.cu`) for `sm_<arch>`.
+    pub fn prebuilt_path(&self, stem: &str, source: &str, arch: u32) -> PathBuf {
+        self.prebuilt.join(format!("sm_{arch}")).join(prebuilt_file_name(stem, source))
     }
 
     /// The cache file of `source` compiled for `sm_<arch>` under a driver
@@ -89,7 +92,7 @@ impl KernelStore {
         driver: (u32, u32),
         compile: impl FnOnce() -> Result<String, E>,
     ) -> Result<(String, PtxOrigin), E> {
-        let prebuilt = self.prebuilt_path(stem, arch);
+        let prebuilt = self.prebuilt_path(stem, source, arch);
         if let Ok(ptx) = std::fs::read_to_string(&prebuilt) {
             return Ok((ptx, PtxOrigin::Prebuilt(prebuilt)));
         }
@@ -106,6 +109,13 @@ impl KernelStore {
         };
         Ok((ptx, PtxOrigin::Compiled(stored)))
     }
+}
+
+/// The name under which a firmware image ships the PTX of `source` (file
+/// `<stem>.cu`) in its architecture's directory: `<stem>-<hash>.ptx`, the
+/// hash being the one that names the cache's files.
+pub fn prebuilt_file_name(stem: &str, source: &str) -> String {
+    format!("{stem}-{:016x}.ptx", fnv1a(source))
 }
 
 /// Writes `ptx` to `path` through a temporary file in the same directory,
@@ -168,12 +178,33 @@ mod tests {
         let store = store_in(dir.path());
         let failed = store.ptx("k", "src", 72, (12, 6), || Err::<String, _>("nvrtc: bad".to_string()));
         assert_eq!(failed, Err("nvrtc: bad".to_string()));
-        let prebuilt = store.prebuilt_path("k", 72);
-        assert!(prebuilt.ends_with("prebuilt/sm_72/k.ptx"));
+        let prebuilt = store.prebuilt_path("k", "src", 72);
+        assert!(prebuilt.ends_with(format!("prebuilt/sm_72/k-{:016x}.ptx", fnv1a("src"))), "{prebuilt:?}");
         std::fs::create_dir_all(prebuilt.parent().unwrap()).unwrap();
         std::fs::write(&prebuilt, "// shipped").unwrap();
         let got = store.ptx("k", "src", 72, (12, 6), || Err("must not compile".to_string())).unwrap();
         assert_eq!(got, ("// shipped".into(), PtxOrigin::Prebuilt(prebuilt)));
+    }
+
+    /// PTX shipped for another version of the source (which may declare
+    /// other kernel parameters) is not loaded, nor is a file named after the
+    /// stem alone: the source is compiled and cached instead.
+    #[test]
+    fn prebuilt_ptx_of_another_source_is_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path());
+        let old = store.prebuilt_path("k", "old src", 87);
+        assert_ne!(old, store.prebuilt_path("k", "new src", 87));
+        let unhashed = old.with_file_name("k.ptx");
+        std::fs::create_dir_all(old.parent().unwrap()).unwrap();
+        std::fs::write(&old, "// old").unwrap();
+        std::fs::write(&unhashed, "// old, unhashed").unwrap();
+        let got = store.ptx("k", "new src", 87, (12, 6), || Ok::<_, String>("// new".into())).unwrap();
+        let cached = store.cache_path("k", "new src", 87, (12, 6)).unwrap();
+        assert_eq!(got, ("// new".into(), PtxOrigin::Compiled(Ok(cached))));
+        // The old source still finds its own.
+        let got = store.ptx("k", "old src", 87, (12, 6), || Err("must not compile".to_string())).unwrap();
+        assert_eq!(got, ("// old".into(), PtxOrigin::Prebuilt(old)));
     }
 
     #[test]

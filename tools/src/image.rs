@@ -8,7 +8,7 @@
 //!
 //! ```text
 //! usr/bin/edgevit                        stripped, for the board's target
-//! usr/lib/edgevit/kernels/sm_XX/*.ptx    GPU-path boards only
+//! usr/lib/edgevit/kernels/sm_XX/*.ptx    GPU-path boards only, <stem>-<source hash>.ptx
 //! etc/edgevit/board.toml                 boards/<board>.toml, verbatim
 //! etc/edgevit/keys/*.pub                 the signing key's public half, --trust keys
 //! etc/systemd/system/edgevit.service     boards/edgevit.service
@@ -300,7 +300,7 @@ fn prebuild_ptx(board: &Board) -> Result<Option<Kernels>> {
             }
         };
         let stem = Path::new(name).file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        files.insert(format!("{stem}.ptx"), compiled.ptx);
+        files.insert(edgevit_kernels::ptx::prebuilt_file_name(&stem, source), compiled.ptx);
         progress.inc(1);
     }
     progress.finish_and_clear();

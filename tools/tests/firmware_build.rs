@@ -19,6 +19,7 @@ use std::sync::OnceLock;
 use edgevit::Image;
 use edgevit::TrustStore;
 use edgevit::{Bundle, Engine, EngineOptions, SignaturePolicy};
+use edgevit_kernels::{ggem, KernelStore};
 use edgevit_tools::elf::{self, GlibcVersion};
 
 const ORIN: &str = "jetson-orin-nano";
@@ -30,6 +31,11 @@ fn workspace() -> PathBuf {
 
 fn dev_key(ext: &str) -> PathBuf {
     workspace().join("models/keys").join(format!("dev-test-only.{ext}"))
+}
+
+/// The file name images ship ggem.cu's PTX under, the source's hash in it.
+fn ggem_ptx_name() -> String {
+    edgevit_kernels::ptx::prebuilt_file_name("ggem", ggem::SOURCE)
 }
 
 fn bundle_dir() -> PathBuf {
@@ -177,12 +183,14 @@ fn issue_16_no_crate_builds_against_system_headers_or_libraries() {
 fn thor_image_carries_hopper_ptx_for_its_driver_to_jit() {
     let (image, summary) =
         build("jetson-thor", &Path::new(env!("CARGO_TARGET_TMPDIR")).join("firmware/thor"));
+    let name = ggem_ptx_name();
     assert!(
-        summary.contains("kernels  usr/lib/edgevit/kernels/sm_110/: ggem.ptx (compute_90 PTX"),
+        summary.contains(&format!("kernels  usr/lib/edgevit/kernels/sm_110/: {name} (compute_90 PTX")),
         "{summary}"
     );
     let thor = contents(&image);
-    let ptx = String::from_utf8(thor.files["usr/lib/edgevit/kernels/sm_110/ggem.ptx"].clone()).unwrap();
+    let ptx =
+        String::from_utf8(thor.files[&format!("usr/lib/edgevit/kernels/sm_110/{name}")].clone()).unwrap();
     assert!(ptx.lines().any(|l| l.trim() == ".target sm_90"), "{}", &ptx[..ptx.len().min(400)]);
 }
 
@@ -201,9 +209,16 @@ fn images_hold_the_device_tree() {
     let orin = contents(&image(ORIN).image);
     let board = fs::read(workspace().join("boards/jetson-orin-nano.toml")).unwrap();
     assert_eq!(orin.files["etc/edgevit/board.toml"], board);
-    assert!(orin.files["usr/lib/edgevit/kernels/sm_87/ggem.ptx"].starts_with(b"//"));
-    assert!(String::from_utf8_lossy(&orin.files["usr/lib/edgevit/kernels/sm_87/ggem.ptx"])
-        .contains(".target sm_87"));
+    // The PTX lies where the binary's kernel store looks for its own source's.
+    let store = KernelStore { prebuilt: "usr/lib/edgevit/kernels".into(), cache: None };
+    let path = store.prebuilt_path("ggem", ggem::SOURCE, 87);
+    assert!(path.ends_with(format!("sm_87/{}", ggem_ptx_name())), "{path:?}");
+    let ptx = &orin.files[path.to_str().unwrap()];
+    assert!(ptx.starts_with(b"//"));
+    assert!(String::from_utf8_lossy(ptx).contains(".target sm_87"));
+    let kernels: Vec<&String> =
+        orin.files.keys().filter(|f| f.starts_with("usr/lib/edgevit/kernels/")).collect();
+    assert_eq!(kernels, [&path.to_str().unwrap().to_string()], "one PTX file per source");
     let unit = String::from_utf8(orin.files["etc/systemd/system/edgevit.service"].clone()).unwrap();
     for line in ["ExecStart=/usr/bin/edgevit run", "Restart=on-failure", "WatchdogSec=30", "Type=notify"] {
         assert!(unit.lines().any(|l| l == line), "{line} missing from the unit:\n{unit}");
