@@ -13,6 +13,7 @@ pub mod driver;
 pub mod ggem;
 pub mod nvrtc;
 pub mod ptx;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tolerance;
 
