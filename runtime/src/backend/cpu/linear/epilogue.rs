@@ -62,6 +62,55 @@ impl Epilogue<'_> {
             }
         }
     }
+
+    /// On the `rows x cols` tile of `y` (the output, rows `n` apart) at
+    /// row `row`, column `col`, in place.
+    ///
+    /// # Safety
+    ///
+    /// The tile lies inside `y`, and no other thread touches it.
+    #[inline(always)]
+    pub(in crate::backend::cpu) unsafe fn apply_in_place(
+        &self,
+        y: *mut f32,
+        row: usize,
+        col: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for i in 0..rows {
+            // SAFETY: the caller's: the row's part of the tile is inside y and ours.
+            let values = unsafe { std::slice::from_raw_parts_mut(y.add((row + i) * self.n + col), cols) };
+            self.apply(row + i, col, values);
+        }
+    }
+
+    /// On the first `rows x cols` of `tile` (rows `ld` apart), then copied
+    /// into `y` (the output) at row `row`, column `col`: the store of a
+    /// tile computed aside because it overhangs the output.
+    ///
+    /// # Safety
+    ///
+    /// As [`Epilogue::apply_in_place`], for the copy's destination.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    pub(in crate::backend::cpu) unsafe fn apply_into(
+        &self,
+        tile: &mut [f32],
+        ld: usize,
+        y: *mut f32,
+        row: usize,
+        col: usize,
+        rows: usize,
+        cols: usize,
+    ) {
+        for i in 0..rows {
+            let values = &mut tile[i * ld..i * ld + cols];
+            self.apply(row + i, col, values);
+            // SAFETY: the caller's: the row's part of the tile is inside y and ours.
+            unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), y.add((row + i) * self.n + col), cols) };
+        }
+    }
 }
 
 /// `erf` in f64 to about 1e-16 (its Maclaurin series near 0, the continued

@@ -226,9 +226,7 @@ impl<'a> Job<'a> {
                     unsafe {
                         let y = self.y.add(r * n + col);
                         tile::<V, MR, NV>(k, x, k, panel, nr, bias, y, n);
-                        for i in 0..MR {
-                            self.epilogue.apply(r + i, col, std::slice::from_raw_parts_mut(y.add(i * n), nr));
-                        }
+                        self.epilogue.apply_in_place(self.y, r, col, MR, nr);
                     }
                 } else {
                     // SAFETY: x has MR rows (the zero-padded tail when short),
@@ -244,14 +242,8 @@ impl<'a> Job<'a> {
                             _ => tile::<V, MR, NV>(k, x, k, panel, nr, bias, out, nr),
                         }
                     }
-                    for i in 0..count {
-                        let src = &mut scratch[i * nr..i * nr + cols];
-                        self.epilogue.apply(r + i, col, src);
-                        // SAFETY: row r + i, columns col..col + cols are this task's part of y.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(src.as_ptr(), self.y.add((r + i) * n + col), cols)
-                        };
-                    }
+                    // SAFETY: rows r..r + count, columns col..col + cols are this task's part of y.
+                    unsafe { self.epilogue.apply_into(&mut scratch, nr, self.y, r, col, count, cols) };
                 }
             }
         }

@@ -126,9 +126,7 @@ impl QJob<'_> {
                     unsafe {
                         let y = self.y.add(r * n + col);
                         tile::<D, MR, NV>(groups, a, panel, nr, row_terms, columns, y, n);
-                        for i in 0..MR {
-                            self.epilogue.apply(r + i, col, std::slice::from_raw_parts_mut(y.add(i * n), nr));
-                        }
+                        self.epilogue.apply_in_place(self.y, r, col, MR, nr);
                     }
                 } else {
                     // SAFETY: the quantized tiles are whole (zero-padded),
@@ -146,14 +144,8 @@ impl QJob<'_> {
                             _ => tile::<D, MR, NV>(groups, a, panel, nr, row_terms, columns, out, nr),
                         }
                     }
-                    for i in 0..count {
-                        let src = &mut scratch[i * nr..i * nr + cols];
-                        self.epilogue.apply(r + i, col, src);
-                        // SAFETY: row r + i, columns col..col + cols are this task's part of y.
-                        unsafe {
-                            std::ptr::copy_nonoverlapping(src.as_ptr(), self.y.add((r + i) * n + col), cols)
-                        };
-                    }
+                    // SAFETY: rows r..r + count, columns col..col + cols are this task's part of y.
+                    unsafe { self.epilogue.apply_into(&mut scratch, nr, self.y, r, col, count, cols) };
                 }
             }
         }
