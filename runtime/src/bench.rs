@@ -7,18 +7,12 @@ use std::time::{Duration, Instant};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::engine::{Engine, OpTime};
+use crate::engine::{Engine, EngineInfo, OpTime};
 
 #[derive(Debug, Serialize)]
 pub struct BenchReport {
-    pub model: String,
-    pub version: u64,
-    pub precision: &'static str,
-    pub backend: &'static str,
-    /// Precision the network ran in: `f32` or `f16`.
-    pub float: &'static str,
-    /// The matrix products' weights were Q4_0 blocks.
-    pub block_quant: bool,
+    #[serde(flatten)]
+    pub engine: EngineInfo,
     pub threads: usize,
     /// Images per run.
     pub batch: usize,
@@ -51,15 +45,8 @@ impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{} v{} {} on {} in {} ({} thread(s)), batch {}, {} iterations",
-            self.model,
-            self.version,
-            self.precision,
-            self.backend,
-            self.float,
-            self.threads,
-            self.batch,
-            self.iterations
+            "{} ({} thread(s)), batch {}, {} iterations",
+            self.engine, self.threads, self.batch, self.iterations
         )?;
         writeln!(
             f,
@@ -129,12 +116,7 @@ pub fn run(
     samples.sort();
     let mean = samples.iter().sum::<Duration>().as_secs_f64() / iterations.max(1) as f64;
     Ok(BenchReport {
-        model: engine.name.clone(),
-        version: engine.version,
-        precision: engine.precision.name(),
-        backend: engine.backend.name(),
-        float: engine.float(),
-        block_quant: engine.block_quant,
+        engine: engine.info(),
         threads: engine.threads,
         batch: engine.batch,
         iterations,

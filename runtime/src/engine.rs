@@ -80,6 +80,27 @@ impl EngineOptions {
     }
 }
 
+/// Which model ran where, as reports name it; in text `NAME vN PRECISION
+/// on BACKEND in FLOAT`.
+#[derive(Debug, serde::Serialize)]
+pub struct EngineInfo {
+    pub model: String,
+    pub version: u64,
+    /// Of the stored weights: `fp32` or `int8`.
+    pub precision: &'static str,
+    pub backend: &'static str,
+    /// Precision the network ran in: `f32` or `f16`.
+    pub float: &'static str,
+    /// The matrix products' weights were Q4_0 blocks.
+    pub block_quant: bool,
+}
+
+impl fmt::Display for EngineInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{} {} on {} in {}", self.model, self.version, self.precision, self.backend, self.float)
+    }
+}
+
 /// Where and how the network runs: the flags of every verb that loads a
 /// model.
 #[derive(Debug, clap::Args)]
@@ -423,6 +444,18 @@ impl Engine {
             "f16"
         } else {
             "f32"
+        }
+    }
+
+    /// What `bench` and `eval` report this engine as.
+    pub fn info(&self) -> EngineInfo {
+        EngineInfo {
+            model: self.name.clone(),
+            version: self.version,
+            precision: self.precision.name(),
+            backend: self.backend.name(),
+            float: self.float(),
+            block_quant: self.block_quant,
         }
     }
 

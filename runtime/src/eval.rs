@@ -9,7 +9,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineInfo};
 use crate::postprocess::argmax;
 use crate::preprocess::{ImageView, PixelFormat};
 
@@ -96,13 +96,8 @@ impl Accuracy {
 /// What `edgevit eval` reports: the engine and its accuracy.
 #[derive(Debug, Serialize)]
 pub struct EvalReport {
-    pub model: String,
-    pub version: u64,
-    pub precision: &'static str,
-    pub backend: &'static str,
-    /// Precision the network ran in: `f32` or `f16`.
-    pub float: &'static str,
-    pub block_quant: bool,
+    #[serde(flatten)]
+    pub engine: EngineInfo,
     pub correct: usize,
     pub total: usize,
     /// Top-1 accuracy in percent.
@@ -113,12 +108,7 @@ pub struct EvalReport {
 impl EvalReport {
     pub fn new(engine: &Engine, acc: &Accuracy) -> EvalReport {
         EvalReport {
-            model: engine.name.clone(),
-            version: engine.version,
-            precision: engine.precision.name(),
-            backend: engine.backend.name(),
-            float: engine.float(),
-            block_quant: engine.block_quant,
+            engine: engine.info(),
             correct: acc.correct,
             total: acc.total,
             accuracy: acc.percent(),
@@ -131,12 +121,8 @@ impl fmt::Display for EvalReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} v{} {} on {} in {}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
-            self.model,
-            self.version,
-            self.precision,
-            self.backend,
-            self.float,
+            "{}: accuracy {:.2}% ({}/{}) in {:.1} s ({:.3} ms/image)",
+            self.engine,
             self.accuracy,
             self.correct,
             self.total,
