@@ -88,18 +88,48 @@ pub fn write_replace(path: &Path, bytes: &[u8]) -> Result<()> {
     write_via_temporary(path, bytes, 0o644, false)
 }
 
+/// Writes `bytes` to `path` only when nothing is there yet: a complete,
+/// synced temporary file is linked into place, which fails rather than
+/// replaces, then the directory is synced. Readers see the whole file or
+/// none, and of two processes racing to create it, one wins and the other
+/// finds the winner's file. Returns whether this call created it.
+pub fn create_atomic(path: &Path, bytes: &[u8]) -> Result<bool> {
+    let (dir, tmp) = temporary_beside(path)?;
+    let result = (|| -> std::io::Result<bool> {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        let created = match std::fs::hard_link(&tmp, path) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+            Err(e) => return Err(e),
+        };
+        std::fs::remove_file(&tmp)?;
+        File::open(dir)?.sync_all()?;
+        Ok(created)
+    })();
+    let _ = std::fs::remove_file(&tmp);
+    result.with_context(|| format!("{}: cannot write", path.display()))
+}
+
 /// Syncs a directory, making the renames and creations in it durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir).and_then(|d| d.sync_all()).with_context(|| format!("{}: cannot sync", dir.display()))
 }
 
-fn write_via_temporary(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
+/// The directory of `path` and a temporary name in it that no other
+/// process writes.
+fn temporary_beside(path: &Path) -> Result<(&Path, std::path::PathBuf)> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
-    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    Ok((dir, dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()))))
+}
+
+fn write_via_temporary(path: &Path, bytes: &[u8], mode: u32, durable: bool) -> Result<()> {
+    let (dir, tmp) = temporary_beside(path)?;
     let result = (|| -> std::io::Result<()> {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.write_all(bytes)?;
@@ -149,6 +179,16 @@ mod tests {
         write_atomic(&path, b"one").unwrap();
         write_atomic(&path, b"two").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn create_keeps_the_first_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device-id");
+        assert!(create_atomic(&path, b"one").unwrap());
+        assert!(!create_atomic(&path, b"two").unwrap());
+        assert_eq!(std::fs::read(&path).unwrap(), b"one");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
