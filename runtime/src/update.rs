@@ -2,13 +2,15 @@
 //! slots, a health check before an atomic switch, rollback, and a poller
 //! that hands a new engine to the running loop.
 //!
-//! [`channel`] is the signed pointer to the newest bundle, [`fetch`] moves
-//! bytes (HTTP(S) with Range resume, or `file://`), [`slots`] owns the state
+//! [`channel`] is the signed pointer to the newest bundle, [`device`] owns
+//! the id the servers' logs know the device by, [`fetch`] moves bytes
+//! (HTTP(S) with Range resume, or `file://`), [`slots`] owns the state
 //! directory and its switches, [`agent`] runs the steps of `apply` in order.
 //! See `doc/updates.md` for the whole story and its guarantees.
 
 pub mod agent;
 pub mod channel;
+pub mod device;
 pub mod fetch;
 pub mod slots;
 

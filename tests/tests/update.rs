@@ -1,6 +1,9 @@
 //! Remote updates end to end: a real nginx on 127.0.0.1 serves channels,
 //! the real binary checks, applies, rolls back and hot-swaps, and every
 //! fault leaves the device on its working model with one clear line.
+//! The device id is in [`device`].
+
+mod device;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -45,6 +48,8 @@ events {{ worker_connections 64; }}
 http {{
     log_format ranges '$request_uri $status $body_bytes_sent "$http_range"';
     access_log {d}/access.log ranges;
+    log_format devices '$request_uri $status "$http_x_edgevit_device"';
+    access_log {d}/devices.log devices;
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
     fastcgi_temp_path {d}/tmp/fastcgi;

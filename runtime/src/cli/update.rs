@@ -5,11 +5,13 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Result;
+use serde::Serialize;
 
 use crate::board::BoardArgs;
 use crate::engine::EngineArgs;
 use crate::keys::{SecretKey, TrustArgs};
 use crate::update::agent::{self, Applied, UpdateOptions};
+use crate::update::device::DeviceId;
 use crate::update::fetch::FetchArgs;
 use crate::update::slots::{Slot, State, StateArgs, StateDir};
 use crate::update::{channel, parse_duration};
@@ -23,11 +25,11 @@ pub enum UpdateCommand {
     Check(AgentArgs),
     /// Download, verify, health-check and switch to the channel's version.
     Apply(AgentArgs),
-    /// Print the state directory: active slot, versions, last error.
+    /// Print the state directory: device id, active slot, versions, last error.
     Status {
         #[command(flatten)]
         state: StateArgs,
-        /// Print `state.toml` as one JSON object.
+        /// Print `state.toml` and the device id as one JSON object.
         #[arg(long)]
         json: bool,
     },
@@ -111,10 +113,11 @@ pub fn update(cmd: UpdateCommand) -> Result<()> {
             // Report what the slots say, without writing: status is read-only.
             s.active = dir.active_slot()?;
             s.installed = s.active.and_then(|a| dir.slot_version(a));
+            let status = Status { dir: &dir, device_id: DeviceId::load(&dir)?, state: &s };
             if json {
-                println!("{}", serde_json::to_string(&s)?);
+                println!("{}", serde_json::to_string(&status)?);
             } else {
-                print!("{}", Status { dir: &dir, state: &s });
+                print!("{status}");
             }
         }
         UpdateCommand::Rollback { state, trust, engine } => {
@@ -124,9 +127,14 @@ pub fn update(cmd: UpdateCommand) -> Result<()> {
     Ok(())
 }
 
-/// `update status` in text: one fact a line.
+/// `update status`: in text one fact a line, in JSON `state.toml`'s fields
+/// and `device_id` (null before the first check or apply chose one).
+#[derive(Serialize)]
 struct Status<'a> {
+    #[serde(skip)]
     dir: &'a StateDir,
+    device_id: Option<DeviceId>,
+    #[serde(flatten)]
     state: &'a State,
 }
 
@@ -139,6 +147,10 @@ impl fmt::Display for Status<'_> {
         };
         let s = self.state;
         writeln!(f, "state dir    {}", self.dir.root.display())?;
+        match &self.device_id {
+            Some(id) => writeln!(f, "device id    {id}")?,
+            None => writeln!(f, "device id    none yet (chosen by the first check or apply)")?,
+        }
         writeln!(f, "active       {}", slot(s.active, s.installed))?;
         writeln!(f, "last good    {}", slot(s.last_good, s.last_good_version))?;
         writeln!(f, "highest      v{}", s.highest_version)?;

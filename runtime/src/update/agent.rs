@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 
 use super::channel::{Channel, CHANNEL, CHANNEL_SIG, MAX_CHANNEL_BYTES};
 use super::crash_point;
+use super::device::DeviceId;
 use super::fetch::{Fetcher, Timeouts};
 use super::slots::{remove_any, Slot, State, StateDir};
 use crate::board::Board;
@@ -120,11 +121,13 @@ pub enum Applied {
     Installed(Box<Installed>),
 }
 
-/// Fetches and verifies the channel and compares it with the device's state.
+/// Fetches and verifies the channel and compares it with the device's
+/// state. Chooses the device id when the directory has none yet.
 pub fn check(dir: &StateDir, opts: &UpdateOptions) -> Result<Offer> {
     let state = dir.load()?;
     let state = State { installed: dir.active_slot()?.and_then(|s| dir.slot_version(s)), ..state };
-    let fetcher = Fetcher::new(opts.timeouts);
+    let device = DeviceId::load_or_create(dir)?;
+    let fetcher = Fetcher::new(opts.timeouts, Some(device));
     offer(&fetch_channel(&fetcher, opts)?, &state)
 }
 
@@ -182,7 +185,8 @@ pub fn apply(dir: &StateDir, opts: &UpdateOptions) -> Result<Applied> {
 }
 
 fn apply_locked(dir: &StateDir, opts: &UpdateOptions, mut state: State) -> Result<Applied> {
-    let fetcher = Fetcher::new(opts.timeouts);
+    let device = DeviceId::load_or_create(dir)?;
+    let fetcher = Fetcher::new(opts.timeouts, Some(device));
     let channel = fetch_channel(&fetcher, opts)?;
     let offered = offer(&channel, &state)?;
     crash_point("channel-verified");

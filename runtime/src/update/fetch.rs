@@ -1,7 +1,8 @@
 //! Moving bytes: `http://` and `https://` through ureq (connect, stall and
 //! overall timeouts), and `file://` for channels on local or mounted
 //! storage. Downloads go to a staging file and resume with an HTTP Range
-//! request from where the last attempt stopped.
+//! request from where the last attempt stopped. Every HTTP request names
+//! the device in the [`super::device::HEADER`] header.
 
 use std::fs::OpenOptions;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -9,6 +10,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+
+use super::device::{DeviceId, HEADER};
 
 /// How long to wait for the network.
 #[derive(Clone, Copy, Debug)]
@@ -65,17 +68,19 @@ pub struct Downloaded {
 pub struct Fetcher {
     agent: ureq::Agent,
     timeouts: Timeouts,
+    device: Option<DeviceId>,
 }
 
 impl Fetcher {
-    pub fn new(timeouts: Timeouts) -> Fetcher {
+    /// A fetcher whose HTTP requests carry `device`'s id, when there is one.
+    pub fn new(timeouts: Timeouts, device: Option<DeviceId>) -> Fetcher {
         let agent = ureq::AgentBuilder::new()
             .timeout_connect(timeouts.connect)
             .timeout_read(timeouts.stall)
             .timeout(timeouts.overall)
             .user_agent(concat!("edgevit/", env!("CARGO_PKG_VERSION")))
             .build();
-        Fetcher { agent, timeouts }
+        Fetcher { agent, timeouts, device }
     }
 
     /// The whole of a small document (a channel or its signature), at most `cap` bytes.
@@ -194,6 +199,9 @@ impl Fetcher {
             bail!("{url}: expected an http://, https:// or file:// URL");
         }
         let mut request = self.agent.get(url);
+        if let Some(device) = &self.device {
+            request = request.set(HEADER, device.as_str());
+        }
         if let Some(from) = from {
             request = request.set("Range", &format!("bytes={from}-"));
         }

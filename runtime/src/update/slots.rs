@@ -6,6 +6,7 @@
 //! DIR/current -> slots/a
 //! DIR/state.toml      versions, rollback and replay facts, last error
 //! DIR/staging/        downloads in progress (resumable)
+//! DIR/device-id       the device's id (see `super::device`)
 //! ```
 //!
 //! The `current` link is the truth about which slot runs: it only ever
@@ -90,7 +91,7 @@ pub struct State {
 /// The state directory of updates, as the `update` verbs take it.
 #[derive(Debug, clap::Args)]
 pub struct StateArgs {
-    /// Slots a/b, `current` and `state.toml` live here.
+    /// Slots a/b, `current`, `state.toml` and `device-id` live here.
     #[arg(long, value_name = "DIR", default_value = super::DEFAULT_STATE_DIR)]
     pub state_dir: PathBuf,
 }
