@@ -85,6 +85,7 @@ def main():
     )
     write("channel", "channel", b"00" * 64 + b"\n" + channel)
     write("channel", "absolute-url", b"\n" + channel.replace(b'"fmnist-vit-ggem-2.tar"', b'"https://cdn.example/m.tar"'))
+    write("channel", "rollout", b"\n" + channel + b'rollout = 0.1\nrollout_devices = ["' + b"0123456789abcdef" * 2 + b'"]\n')
 
     write("bundle_tar", "tiny.tar", tiny_bundle())
 

@@ -51,4 +51,4 @@ pub use preprocess::{preprocess, Image};
 pub use source::{camera_frame, open as open_source, Capture, Pixels, Source, SourceArgs};
 #[cfg(feature = "testing")]
 pub use update::CRASH_ENV;
-pub use update::{agent::STEPS as UPDATE_STEPS, channel, device::DeviceId};
+pub use update::{agent::STEPS as UPDATE_STEPS, channel, device::DeviceId, rollout};

@@ -2,16 +2,18 @@
 //! slots, a health check before an atomic switch, rollback, and a poller
 //! that hands a new engine to the running loop.
 //!
-//! [`channel`] is the signed pointer to the newest bundle, [`device`] owns
-//! the id the servers' logs know the device by, [`fetch`] moves bytes
-//! (HTTP(S) with Range resume, or `file://`), [`slots`] owns the state
-//! directory and its switches, [`agent`] runs the steps of `apply` in order.
+//! [`channel`] is the signed pointer to the newest bundle, [`rollout`]
+//! decides whether this device takes it, [`device`] owns the id that
+//! decision and the servers' logs go by, [`fetch`] moves bytes (HTTP(S)
+//! with Range resume, or `file://`), [`slots`] owns the state directory and
+//! its switches, [`agent`] runs the steps of `apply` in order.
 //! See `doc/updates.md` for the whole story and its guarantees.
 
 pub mod agent;
 pub mod channel;
 pub mod device;
 pub mod fetch;
+pub mod rollout;
 pub mod slots;
 
 use std::path::PathBuf;
@@ -165,8 +167,10 @@ impl RunUpdateArgs {
 
 /// Polls the channel in the background: the first check within a tenth of
 /// `interval`, then one every `interval`, each wait jittered by up to 10%
-/// either way so that a fleet does not poll in step. Each new version is
-/// installed by [`agent::apply`] and its loaded, health-checked engine sent
+/// either way so that a fleet does not poll in step. Each new version this
+/// device is in is installed by [`agent::apply`] (a staged version it is
+/// not in is, like an unchanged one, nothing to do) and its loaded,
+/// health-checked engine sent
 /// to the returned receiver, which the run loop swaps in between frames.
 /// The thread ends when the receiver is dropped.
 pub fn poll(dir: StateDir, options: agent::UpdateOptions, interval: Duration) -> Result<Receiver<Engine>> {

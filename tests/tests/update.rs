@@ -1,9 +1,10 @@
 //! Remote updates end to end: a real nginx on 127.0.0.1 serves channels,
 //! the real binary checks, applies, rolls back and hot-swaps, and every
 //! fault leaves the device on its working model with one clear line.
-//! The device id is in [`device`].
+//! The device id is in [`device`], staged rollouts in [`rollout`].
 
 mod device;
+mod rollout;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -362,6 +363,8 @@ fn hostile_tarballs_are_refused_before_anything_is_written() {
             size: bytes.len() as u64,
             sha256: edgevit::sha256_hex(&bytes),
             expires: "2099-01-01T00:00:00Z".into(),
+            rollout: None,
+            rollout_devices: Vec::new(),
         };
         channel::write(&site, &c, &key).unwrap();
         apply_fails(&nginx, &state, site_name, &[], needle);

@@ -13,6 +13,7 @@ use crate::keys::{SecretKey, TrustArgs};
 use crate::update::agent::{self, Applied, UpdateOptions};
 use crate::update::device::DeviceId;
 use crate::update::fetch::FetchArgs;
+use crate::update::rollout::Rollout;
 use crate::update::slots::{Slot, State, StateArgs, StateDir};
 use crate::update::{channel, parse_duration};
 
@@ -21,9 +22,11 @@ pub enum UpdateCommand {
     /// Write a bundle's tarball and a signed channel pointing at it into a
     /// directory that any static web server can serve.
     Publish(PublishArgs),
-    /// Fetch and verify the channel; say whether it offers a newer version.
+    /// Fetch and verify the channel; say whether it offers a newer version
+    /// and, for a staged rollout, whether this device is in.
     Check(AgentArgs),
-    /// Download, verify, health-check and switch to the channel's version.
+    /// Download, verify, health-check and switch to the channel's version;
+    /// a staged version this device is not in is left alone (exit 0).
     Apply(AgentArgs),
     /// Print the state directory: device id, active slot, versions, last error.
     Status {
@@ -58,6 +61,16 @@ pub struct PublishArgs {
     /// How long devices believe this channel.
     #[arg(long, value_name = "DURATION", default_value = "30d", value_parser = parse_duration)]
     pub expires: Duration,
+    /// Offer this version to this share of devices only, 0 < FRACTION <= 1
+    /// (0.1: one device in ten). Each device draws from its id and the
+    /// version, so it stays in or out; publishing again with a larger
+    /// fraction keeps those in and adds others [default: 1, every device].
+    #[arg(long, value_name = "FRACTION", allow_negative_numbers = true)]
+    pub rollout: Option<f64>,
+    /// A device that takes this version whatever `--rollout` draws: its id,
+    /// as `update status` prints it. Repeat for more.
+    #[arg(long = "rollout-device", value_name = "ID", requires = "rollout")]
+    pub rollout_devices: Vec<String>,
     /// Keys the bundle's own signature may come from, besides `--key`'s.
     #[command(flatten)]
     pub trust: TrustArgs,
@@ -100,7 +113,8 @@ pub fn update(cmd: UpdateCommand) -> Result<()> {
             let key = SecretKey::load(&a.key)?;
             let mut trust = a.trust.store()?;
             trust.add(key.public(), a.key.display().to_string());
-            println!("{}", channel::publish(&a.bundle, &trust, &key, &a.out, a.expires)?);
+            let rollout = Rollout { fraction: a.rollout.unwrap_or(1.0), devices: a.rollout_devices };
+            println!("{}", channel::publish(&a.bundle, &trust, &key, &a.out, a.expires, rollout)?);
         }
         UpdateCommand::Check(a) => println!("{}", agent::check(&a.state.dir(), &a.options()?)?),
         UpdateCommand::Apply(a) => match agent::apply(&a.state.dir(), &a.options()?)? {

@@ -53,20 +53,24 @@ pub struct UpdateOptions {
 }
 
 /// What the channel offers compared with what runs here.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Offer {
     /// The channel's version is the installed one.
     UpToDate(Channel),
     /// The channel's version was rolled back on this device; a newer one is awaited.
     RolledBack(Channel),
-    /// A newer version.
-    Newer(Channel),
+    /// A newer version, offered to this device.
+    Newer(Channel, DeviceId),
+    /// A newer version whose staged rollout leaves this device out; it stays
+    /// on `installed` (`None`: the built-in bundle).
+    NotIn { channel: Channel, device: DeviceId, installed: Option<u64> },
 }
 
 impl Offer {
     pub fn channel(&self) -> &Channel {
         match self {
-            Offer::UpToDate(c) | Offer::RolledBack(c) | Offer::Newer(c) => c,
+            Offer::UpToDate(c) | Offer::RolledBack(c) | Offer::Newer(c, _) => c,
+            Offer::NotIn { channel, .. } => channel,
         }
     }
 }
@@ -83,7 +87,28 @@ impl fmt::Display for Offer {
                     c.name, c.version
                 )
             }
-            Offer::Newer(_) => write!(f, "update available: {} v{} ({} bytes)", c.name, c.version, c.size),
+            Offer::Newer(_, device) => {
+                write!(f, "update available: {} v{} ({} bytes)", c.name, c.version, c.size)?;
+                if let Some(reach) = c.reach() {
+                    let how = if c.rollout_devices.iter().any(|id| id == device.as_str()) {
+                        "is listed"
+                    } else {
+                        "is in"
+                    };
+                    write!(f, " offered to {reach}; this device (id {device}) {how}")?;
+                }
+                Ok(())
+            }
+            Offer::NotIn { device, installed, .. } => {
+                let staying = installed.map_or("the built-in bundle".to_string(), |v| format!("v{v}"));
+                write!(
+                    f,
+                    "not for this device yet: {} v{} offered to {}; this device (id {device}) is not in: staying on {staying}",
+                    c.name,
+                    c.version,
+                    c.reach().unwrap_or_default()
+                )
+            }
         }
     }
 }
@@ -122,13 +147,14 @@ pub enum Applied {
 }
 
 /// Fetches and verifies the channel and compares it with the device's
-/// state. Chooses the device id when the directory has none yet.
+/// state and its place in the rollout. Chooses the device id when the
+/// directory has none yet.
 pub fn check(dir: &StateDir, opts: &UpdateOptions) -> Result<Offer> {
     let state = dir.load()?;
     let state = State { installed: dir.active_slot()?.and_then(|s| dir.slot_version(s)), ..state };
     let device = DeviceId::load_or_create(dir)?;
-    let fetcher = Fetcher::new(opts.timeouts, Some(device));
-    offer(&fetch_channel(&fetcher, opts)?, &state)
+    let fetcher = Fetcher::new(opts.timeouts, Some(device.clone()));
+    offer(&fetch_channel(&fetcher, opts)?, &state, device)
 }
 
 fn fetch_channel(fetcher: &Fetcher, opts: &UpdateOptions) -> Result<Channel> {
@@ -143,9 +169,10 @@ fn fetch_channel(fetcher: &Fetcher, opts: &UpdateOptions) -> Result<Channel> {
     Channel::verify(&text, &sig, &opts.trust, super::now_unix()).with_context(|| format!("channel {url}"))
 }
 
-/// Compares a verified channel with the state: replays of older versions
-/// are errors, not just "nothing to do".
-fn offer(channel: &Channel, state: &State) -> Result<Offer> {
+/// Compares a verified channel with the state and the device's place in
+/// its rollout: replays of older versions are errors, not just "nothing to
+/// do"; a version this device is not in is "nothing to do".
+fn offer(channel: &Channel, state: &State, device: DeviceId) -> Result<Offer> {
     let c = channel.clone();
     if state.installed == Some(c.version) {
         return Ok(Offer::UpToDate(c));
@@ -161,7 +188,10 @@ fn offer(channel: &Channel, state: &State) -> Result<Offer> {
     if state.rolled_back == Some(c.version) {
         return Ok(Offer::RolledBack(c));
     }
-    Ok(Offer::Newer(c))
+    if !c.includes(&device) {
+        return Ok(Offer::NotIn { channel: c, device, installed: state.installed });
+    }
+    Ok(Offer::Newer(c, device))
 }
 
 /// Runs every step of an update; see the module docs. On failure the error
@@ -186,11 +216,11 @@ pub fn apply(dir: &StateDir, opts: &UpdateOptions) -> Result<Applied> {
 
 fn apply_locked(dir: &StateDir, opts: &UpdateOptions, mut state: State) -> Result<Applied> {
     let device = DeviceId::load_or_create(dir)?;
-    let fetcher = Fetcher::new(opts.timeouts, Some(device));
+    let fetcher = Fetcher::new(opts.timeouts, Some(device.clone()));
     let channel = fetch_channel(&fetcher, opts)?;
-    let offered = offer(&channel, &state)?;
+    let offered = offer(&channel, &state, device)?;
     crash_point("channel-verified");
-    if !matches!(offered, Offer::Newer(_)) {
+    if !matches!(offered, Offer::Newer(..)) {
         return Ok(Applied::Nothing(offered));
     }
     if channel.size > opts.max_bytes {
@@ -389,4 +419,63 @@ pub fn open_active<T>(dir: &StateDir, mut open: impl FnMut(&Path) -> Result<T>) 
         log::warn!("cannot record the fallback in {}: {e:#}", dir.root.display());
     }
     Ok(t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn channel(version: u64) -> Channel {
+        Channel {
+            format: super::super::channel::FORMAT,
+            name: "m".into(),
+            version,
+            bundle: format!("m-{version}.tar"),
+            size: 10,
+            sha256: "ab".repeat(32),
+            expires: "2030-01-01T00:00:00Z".into(),
+            rollout: Some(0.5),
+            rollout_devices: Vec::new(),
+        }
+    }
+
+    /// The first of a run of made-up ids that `channel` does (or does not) include.
+    fn device(channel: &Channel, included: bool) -> DeviceId {
+        (0u64..)
+            .map(|i| DeviceId::parse(&format!("{i:032x}")).unwrap())
+            .find(|d| channel.includes(d) == included)
+            .unwrap()
+    }
+
+    #[test]
+    fn a_version_the_device_is_not_in_is_nothing_to_do() {
+        let state = State { installed: Some(2), highest_version: 2, ..State::default() };
+        let v3 = channel(3);
+        let (inside, outside) = (device(&v3, true), device(&v3, false));
+        assert_eq!(offer(&v3, &state, inside.clone()).unwrap(), Offer::Newer(v3.clone(), inside.clone()));
+        let left_out = offer(&v3, &state, outside.clone()).unwrap();
+        assert_eq!(
+            left_out,
+            Offer::NotIn { channel: v3.clone(), device: outside.clone(), installed: Some(2) }
+        );
+        assert_eq!(
+            left_out.to_string(),
+            format!("not for this device yet: m v3 offered to 50% of devices; this device (id {outside}) is not in: staying on v2")
+        );
+        assert_eq!(
+            offer(&v3, &state, inside.clone()).unwrap().to_string(),
+            format!("update available: m v3 (10 bytes) offered to 50% of devices; this device (id {inside}) is in")
+        );
+        let listed = Channel { rollout_devices: vec![outside.to_string()], ..v3.clone() };
+        assert!(offer(&listed, &state, outside.clone()).unwrap().to_string().ends_with("is listed"));
+
+        // The other answers come first: the installed version, a replay, a rollback.
+        let v2 = channel(2);
+        let out_of_v2 = device(&v2, false);
+        assert_eq!(offer(&v2, &state, out_of_v2).unwrap(), Offer::UpToDate(v2));
+        let v1 = channel(1);
+        assert!(offer(&v1, &state, device(&v1, false)).is_err());
+        let rolled_back = State { rolled_back: Some(3), ..state };
+        assert_eq!(offer(&v3, &rolled_back, outside).unwrap(), Offer::RolledBack(v3));
+    }
 }

@@ -6,6 +6,12 @@
 //! signature over the exact bytes of `channel.toml`. Any web server, object
 //! store or CDN can serve them; devices trust nothing the server says that
 //! the signature does not cover.
+//!
+//! A channel may stage its version (see [`super::rollout`]): `rollout`
+//! offers it to a fraction of the devices, `rollout_devices` to devices
+//! listed by id. Both are optional, so a channel that offers its version to
+//! every device reads as it always did; being in `channel.toml`, both are
+//! covered by the signature.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -13,6 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::device::{is_lower_hex, DeviceId};
+use super::rollout::{self, Rollout};
 use crate::bundle::{sha256_hex, Bundle, SignaturePolicy, MANIFEST, SIGNATURE};
 use crate::keys::{SecretKey, TrustStore};
 
@@ -23,7 +31,7 @@ pub const FORMAT: u32 = 1;
 /// A channel is a few lines; anything bigger is not one.
 pub const MAX_CHANNEL_BYTES: u64 = 64 << 10;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Channel {
     pub format: u32,
@@ -40,6 +48,14 @@ pub struct Channel {
     /// `YYYY-MM-DDTHH:MM:SSZ`: after this the channel is refused (a frozen
     /// mirror cannot keep a device on an old version forever).
     pub expires: String,
+    /// The share of devices this version is offered to, `0 < rollout <= 1`,
+    /// each device drawn by [`rollout::includes`]; absent: every device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<f64>,
+    /// Device ids (32 lowercase hex digits) offered this version whatever
+    /// `rollout` draws.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rollout_devices: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,14 +99,34 @@ impl Channel {
         if c.name.is_empty() || c.bundle.is_empty() {
             return bad("expected a name and a bundle URL".into());
         }
-        if c.sha256.len() != 64 || !c.sha256.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        {
+        if !is_lower_hex(&c.sha256, 64) {
             return bad("expected sha256 as 64 lowercase hex digits".into());
         }
         if super::parse_utc(&c.expires).is_none() {
             return bad(format!("expected expires as YYYY-MM-DDTHH:MM:SSZ but channel has {:?}", c.expires));
         }
+        if let Some(f) = c.rollout {
+            rollout::check_fraction(f).map_err(ChannelError::Invalid)?;
+        }
+        if let Some(id) = c.rollout_devices.iter().find(|id| DeviceId::parse(id).is_none()) {
+            return bad(format!(
+                "expected rollout_devices as ids of 32 lowercase hex digits but channel has {id:?}"
+            ));
+        }
         Ok(c)
+    }
+
+    /// Whether `device` is offered this version: listed, or drawn into the
+    /// rollout's fraction.
+    pub fn includes(&self, device: &DeviceId) -> bool {
+        rollout::includes(device, self.version, self.rollout.unwrap_or(1.0), &self.rollout_devices)
+    }
+
+    /// The devices offered this version, as a sentence says it (`10% of
+    /// devices and 2 listed`), or `None` when it is every device.
+    pub fn reach(&self) -> Option<String> {
+        let fraction = self.rollout.filter(|&f| f < 1.0)?;
+        Some(rollout::describe(fraction, self.rollout_devices.len()))
     }
 
     /// The tarball's URL, resolving a relative one against `channel_url`.
@@ -138,7 +174,11 @@ impl std::fmt::Display for Published {
             c.sha256,
             self.channel_file.display(),
             c.expires
-        )
+        )?;
+        if let Some(reach) = c.reach() {
+            write!(f, "; offered to {reach}")?;
+        }
+        Ok(())
     }
 }
 
@@ -146,14 +186,19 @@ impl std::fmt::Display for Published {
 /// with `trust`, writes its tarball `<name>-<version>.tar` into `out` (a
 /// directory is packed with sorted entries and fixed metadata, a tar is
 /// copied as is), then a channel pointing at it, valid for `valid_for`,
-/// signed with `key`.
+/// offered as `rollout` says, signed with `key`. A rollout to every device
+/// writes neither rollout field, so that agents which predate them read
+/// the channel too.
 pub fn publish(
     bundle: &Path,
     trust: &TrustStore,
     key: &SecretKey,
     out: &Path,
     valid_for: Duration,
+    rollout: Rollout,
 ) -> Result<Published> {
+    let rollout = rollout.checked().map_err(anyhow::Error::msg)?;
+    let staged = rollout.fraction < 1.0;
     let opened = Bundle::open(bundle, trust, SignaturePolicy::Require)?;
     let m = &opened.manifest;
     let bytes = if bundle.is_dir() {
@@ -175,6 +220,8 @@ pub fn publish(
         size: bytes.len() as u64,
         sha256: sha256_hex(&bytes),
         expires: super::format_utc(super::now_unix().saturating_add(valid_for.as_secs() as i64)),
+        rollout: staged.then_some(rollout.fraction),
+        rollout_devices: if staged { rollout.devices } else { Vec::new() },
     };
     write(out, &channel, key)?;
     Ok(Published { channel, tarball, channel_file: out.join(CHANNEL) })
@@ -212,6 +259,8 @@ mod tests {
             size: 10,
             sha256: "ab".repeat(32),
             expires: "2030-01-01T00:00:00Z".into(),
+            rollout: None,
+            rollout_devices: Vec::new(),
         }
     }
 
@@ -248,10 +297,52 @@ mod tests {
     }
 
     #[test]
+    fn rollout_fields_are_optional_and_signed() {
+        let plain = toml::to_string(&channel()).unwrap();
+        assert!(!plain.contains("rollout"), "{plain}");
+        let id = "0123456789abcdef".repeat(2);
+        let staged = Channel { rollout: Some(0.1), rollout_devices: vec![id.clone()], ..channel() };
+        let text = toml::to_string(&staged).unwrap();
+        assert!(text.ends_with(&format!("rollout = 0.1\nrollout_devices = [\"{id}\"]\n")), "{text}");
+        assert_eq!(Channel::parse(text.as_bytes()).unwrap(), staged);
+        assert_eq!(staged.reach().as_deref(), Some("10% of devices and 1 listed"));
+        assert!(staged.includes(&DeviceId::parse(&id).unwrap()));
+        let everyone = plain.clone() + "rollout = 1\n";
+        assert_eq!(Channel::parse(everyone.as_bytes()).unwrap().reach(), None);
+
+        let key = SecretKey::generate();
+        let mut trust = TrustStore::default();
+        trust.add(key.public(), "test".into());
+        let sig = hex::encode(key.sign(text.as_bytes()).to_bytes());
+        let now = super::super::parse_utc("2029-01-01T00:00:00Z").unwrap();
+        let widened = text.replace("rollout = 0.1", "rollout = 1.0");
+        let err = Channel::verify(widened.as_bytes(), sig.as_bytes(), &trust, now).unwrap_err();
+        assert_eq!(err.to_string(), "channel.sig does not verify with any trusted key (tried 1)");
+
+        for (field, needle) in [
+            ("rollout = 0.0", "expected a rollout fraction above 0 and at most 1 but found 0"),
+            ("rollout = 1.5", "expected a rollout fraction above 0 and at most 1 but found 1.5"),
+            ("rollout = nan", "expected a rollout fraction above 0 and at most 1 but found NaN"),
+            (
+                "rollout_devices = [\"ABC\"]",
+                "expected rollout_devices as ids of 32 lowercase hex digits but channel has \"ABC\"",
+            ),
+        ] {
+            let err = Channel::parse(format!("{plain}{field}\n").as_bytes()).unwrap_err().to_string();
+            assert_eq!(err, format!("channel.toml is not valid: {needle}"));
+        }
+    }
+
+    #[test]
     fn parse_rejects_bad_fields() {
         let text = toml::to_string(&Channel { sha256: "XY".into(), ..channel() }).unwrap();
         assert!(Channel::parse(text.as_bytes()).unwrap_err().to_string().contains("sha256"));
+        // What agents that predate a field say about a channel carrying it.
         let text = toml::to_string(&channel()).unwrap() + "extra = 1\n";
-        assert!(Channel::parse(text.as_bytes()).is_err());
+        let err = Channel::parse(text.as_bytes()).unwrap_err().to_string();
+        assert!(
+            err.starts_with("channel.toml is not valid: unknown field `extra`, expected one of `format`"),
+            "{err}"
+        );
     }
 }

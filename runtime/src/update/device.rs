@@ -1,7 +1,8 @@
 //! The device's id: 128 random bits in lowercase hex, chosen the first time
-//! an update needs them and kept in `<state-dir>/device-id`. It names the
-//! device in the servers' logs: the fetcher sends it as the [`HEADER`] of
-//! every HTTP request.
+//! an update needs them and kept in `<state-dir>/device-id`. The same id
+//! answers every staged rollout the same way (see [`super::rollout`]) and
+//! names the device in the servers' logs: the fetcher sends it as the
+//! [`HEADER`] of every HTTP request.
 
 use std::fmt;
 use std::path::PathBuf;
