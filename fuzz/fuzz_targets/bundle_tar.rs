@@ -6,8 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::RawBundle;
-use edgevit::SignaturePolicy;
+use edgevit::{RawBundle, SignaturePolicy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::channel::Channel;
-use edgevit::DeviceId;
+use edgevit::{channel::Channel, DeviceId};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -15,7 +14,9 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(channel) = Channel::parse(text) {
         let _ = channel.bundle_url("https://cdn.example/fleet/channel.toml");
         let _ = channel.reach();
-        for id in channel.rollout_devices.iter().chain(["0123456789abcdef0123456789abcdef".to_string()].iter()) {
+        for id in
+            channel.rollout_devices.iter().chain(["0123456789abcdef0123456789abcdef".to_string()].iter())
+        {
             if let Some(device) = DeviceId::parse(id) {
                 let _ = channel.includes(&device);
             }

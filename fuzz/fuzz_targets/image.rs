@@ -2,8 +2,7 @@
 //! shapes the runtime meets: 28x28 luma and 224x224 RGB.
 #![no_main]
 
-use edgevit::{InputSpec, Layout};
-use edgevit::{preprocess, Image};
+use edgevit::{preprocess, Image, InputSpec, Layout};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -6,8 +6,7 @@
 #[allow(dead_code)]
 mod common;
 
-use edgevit::{parse_manifest, RawBundle};
-use edgevit::SignaturePolicy;
+use edgevit::{parse_manifest, RawBundle, SignaturePolicy};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -3,9 +3,7 @@
 //! preparation for the CPU.
 #![no_main]
 
-use edgevit::{file_entry, RawBundle};
-use edgevit::TrustStore;
-use edgevit::{Engine, EngineOptions, SignaturePolicy};
+use edgevit::{file_entry, Engine, EngineOptions, RawBundle, SignaturePolicy, TrustStore};
 use libfuzzer_sys::fuzz_target;
 
 const LABELS: &[u8] = b"0\n1\n2\n3\n4\n5\n6\n7\n8\n9\n";

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use edgevit::Manifest;
-use edgevit::SecretKey;
-use edgevit::{file_entry, MANIFEST, SIGNATURE};
+use edgevit::{file_entry, Manifest, SecretKey, MANIFEST, SIGNATURE};
 
 /// The repository root.
 pub fn root() -> PathBuf {

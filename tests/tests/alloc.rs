@@ -6,9 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use edgevit::Image;
-use edgevit::TopK;
-use edgevit::{default_bundle, Engine, EngineOptions};
+use edgevit::{default_bundle, Engine, EngineOptions, Image, TopK};
 use edgevit_tests::samples;
 
 struct Counting;

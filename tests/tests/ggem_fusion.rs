@@ -2,8 +2,7 @@
 //! (tests/data/ggem/, made by models/export/fixtures.py), leaves near misses
 //! alone, and never changes the logits.
 
-use edgevit::{default_bundle, Engine, EngineOptions};
-use edgevit::{fuse, Ggem};
+use edgevit::{default_bundle, fuse, Engine, EngineOptions, Ggem};
 use edgevit_kernels::testing::XorShift;
 use edgevit_tests::*;
 use tract_onnx::prelude::*;

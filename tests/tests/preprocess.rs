@@ -1,8 +1,7 @@
 //! The Rust preprocessing reproduces models/export/preprocess.py on the
 //! tensors models/export/fixtures.py wrote to tests/data/preprocess/.
 
-use edgevit::{preprocess, Image};
-use edgevit::{InputSpec, Layout};
+use edgevit::{preprocess, Image, InputSpec, Layout};
 use edgevit_tests::*;
 
 #[test]

@@ -6,8 +6,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use edgevit::{capture, Slot};
-use edgevit::{Capture, Source, SourceArgs};
+use edgevit::{capture, Capture, Slot, Source, SourceArgs};
 use edgevit_tests::*;
 
 #[test]

@@ -13,9 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use edgevit::channel::{self, Channel};
-use edgevit::SecretKey;
-use edgevit::CRASH_ENV;
-use edgevit::UPDATE_STEPS;
+use edgevit::{SecretKey, CRASH_ENV, UPDATE_STEPS};
 use edgevit_tests::*;
 
 /// An nginx of its own for one test: prefix, logs and document root in a

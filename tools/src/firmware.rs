@@ -22,8 +22,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use edgevit::sha256_reader;
-use edgevit::SecretKey;
+use edgevit::{sha256_reader, SecretKey};
 use serde::{Deserialize, Serialize};
 use tar::{EntryType, Header};
 

@@ -29,9 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use edgevit::Board;
-use edgevit::{Bundle, SignaturePolicy};
-use edgevit::{SecretKey, TrustStore};
+use edgevit::{Board, Bundle, SecretKey, SignaturePolicy, TrustStore};
 use edgevit_kernels::{nvrtc, Nvrtc};
 use indicatif::{ProgressBar, ProgressStyle};
 

@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use edgevit::Image;
-use edgevit::TrustStore;
-use edgevit::{Bundle, Engine, EngineOptions, SignaturePolicy};
+use edgevit::{Bundle, Engine, EngineOptions, Image, SignaturePolicy, TrustStore};
 use edgevit_kernels::{ggem, KernelStore};
 use edgevit_tools::elf::{self, GlibcVersion};
 

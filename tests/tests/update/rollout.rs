@@ -5,9 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use edgevit::channel;
-use edgevit::rollout::includes;
-use edgevit::DeviceId;
+use edgevit::{channel, rollout::includes, DeviceId};
 use edgevit_tests::*;
 
 use super::{assert_classifies, assert_on_v1, device_on_v1, publish, status, update, Nginx};

@@ -8,8 +8,7 @@ use std::io::{BufReader, Read};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use edgevit::sha256_reader;
-use edgevit::TrustStore;
+use edgevit::{sha256_reader, TrustStore};
 use tar::EntryType;
 
 use super::{
