@@ -148,13 +148,26 @@ pub enum Applied {
 
 /// Fetches and verifies the channel and compares it with the device's
 /// state and its place in the rollout. Chooses the device id when the
-/// directory has none yet.
+/// directory has none yet (see [`fetcher`] for when).
 pub fn check(dir: &StateDir, opts: &UpdateOptions) -> Result<Offer> {
     let state = dir.load()?;
     let state = State { installed: dir.active_slot()?.and_then(|s| dir.slot_version(s)), ..state };
-    let device = DeviceId::load_or_create(dir)?;
-    let fetcher = Fetcher::new(opts.timeouts, Some(device.clone()));
-    offer(&fetch_channel(&fetcher, opts)?, &state, device)
+    let (fetcher, device) = fetcher(dir, opts)?;
+    let channel = fetch_channel(&fetcher, opts)?;
+    offer(&channel, &state, device.map_or_else(|| DeviceId::load_or_create(dir), Ok)?)
+}
+
+/// The fetcher of `opts`' channel and the device id it sends. An http(s)
+/// request carries the id, so one is chosen before the first; a `file://`
+/// channel sends none, and its id waits until the channel has verified:
+/// a refused channel leaves the state directory as it was.
+fn fetcher(dir: &StateDir, opts: &UpdateOptions) -> Result<(Fetcher, Option<DeviceId>)> {
+    let device = if opts.channel_url.starts_with("file://") {
+        DeviceId::load(dir)?
+    } else {
+        Some(DeviceId::load_or_create(dir)?)
+    };
+    Ok((Fetcher::new(opts.timeouts, device.clone()), device))
 }
 
 fn fetch_channel(fetcher: &Fetcher, opts: &UpdateOptions) -> Result<Channel> {
@@ -215,10 +228,9 @@ pub fn apply(dir: &StateDir, opts: &UpdateOptions) -> Result<Applied> {
 }
 
 fn apply_locked(dir: &StateDir, opts: &UpdateOptions, mut state: State) -> Result<Applied> {
-    let device = DeviceId::load_or_create(dir)?;
-    let fetcher = Fetcher::new(opts.timeouts, Some(device.clone()));
+    let (fetcher, device) = fetcher(dir, opts)?;
     let channel = fetch_channel(&fetcher, opts)?;
-    let offered = offer(&channel, &state, device)?;
+    let offered = offer(&channel, &state, device.map_or_else(|| DeviceId::load_or_create(dir), Ok)?)?;
     crash_point("channel-verified");
     if !matches!(offered, Offer::Newer(..)) {
         return Ok(Applied::Nothing(offered));
