@@ -51,4 +51,6 @@ pub use preprocess::{preprocess, Image};
 pub use source::{camera_frame, open as open_source, Capture, Pixels, Source, SourceArgs};
 #[cfg(feature = "testing")]
 pub use update::CRASH_ENV;
-pub use update::{agent::STEPS as UPDATE_STEPS, channel, device::DeviceId, rollout};
+pub use update::{
+    agent::STEPS as UPDATE_STEPS, channel, device::DeviceId, rollout, transport::check_ca_file,
+};

@@ -5,7 +5,8 @@
 //! [`channel`] is the signed pointer to the newest bundle, [`rollout`]
 //! decides whether this device takes it, [`device`] owns the id that
 //! decision and the servers' logs go by, [`fetch`] moves bytes (HTTP(S)
-//! with Range resume, or `file://`), [`slots`] owns the state directory and
+//! with Range resume, or `file://`) on the trust and identity of
+//! [`transport`] through the proxies of [`proxy`], [`slots`] owns the state directory and
 //! its switches, [`agent`] runs the steps of `apply` in order.
 //! See `doc/updates.md` for the whole story and its guarantees.
 
@@ -13,8 +14,10 @@ pub mod agent;
 pub mod channel;
 pub mod device;
 pub mod fetch;
+pub mod proxy;
 pub mod rollout;
 pub mod slots;
+pub mod transport;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
@@ -157,8 +160,7 @@ impl RunUpdateArgs {
             channel_url: url.clone(),
             trust: bundle.trust.store()?,
             board,
-            timeouts: self.fetch.timeouts(),
-            max_bytes: self.fetch.max_bytes,
+            fetch: self.fetch.options()?,
             engine,
         };
         poll(dir, options, self.update_interval).map(Some)

@@ -102,10 +102,41 @@ where
     I: IntoIterator<Item = S>,
     S: AsRef<std::ffi::OsStr>,
 {
-    let out = Command::new(binary())
+    edgevit_env(args, &[])
+}
+
+/// The proxy variables edgevit reads; the tests' runs see only those a test sets.
+pub const PROXY_VARS: [&str; 8] = [
+    "HTTPS_PROXY",
+    "https_proxy",
+    "HTTP_PROXY",
+    "http_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+    "NO_PROXY",
+    "no_proxy",
+];
+
+/// `command` without the proxies of the machine the tests run on.
+pub fn without_proxies(command: &mut Command) -> &mut Command {
+    for var in PROXY_VARS {
+        command.env_remove(var);
+    }
+    command
+}
+
+/// Runs `edgevit` with `args` and the environment variables `env` (which
+/// may set `RUST_LOG`, `error` otherwise).
+pub fn edgevit_env<I, S>(args: I, env: &[(&str, &str)]) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = without_proxies(&mut Command::new(binary()))
         .args(args)
         .current_dir(root())
         .env("RUST_LOG", "error")
+        .envs(env.iter().copied())
         .output()
         .expect("run edgevit");
     Run {

@@ -1,10 +1,12 @@
 //! Remote updates end to end: a real nginx on 127.0.0.1 serves channels,
 //! the real binary checks, applies, rolls back and hot-swaps, and every
 //! fault leaves the device on its working model with one clear line.
-//! The device id is in [`device`], staged rollouts in [`rollout`].
+//! The device id is in [`device`], staged rollouts in [`rollout`], HTTPS,
+//! device identity and proxies in [`tls`].
 
 mod device;
 mod rollout;
+mod tls;
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
@@ -17,15 +19,28 @@ use edgevit::{SecretKey, CRASH_ENV, UPDATE_STEPS};
 use edgevit_tests::*;
 
 /// An nginx of its own for one test: prefix, logs and document root in a
-/// temp dir, listening on a free loopback port.
+/// temp dir, listening on free loopback ports: a plain HTTP server, and
+/// any further servers (the TLS ones of [`tls`]) on the same document root.
 struct Nginx {
     dir: tempfile::TempDir,
     port: u16,
+    /// The further servers: name and port.
+    servers: Vec<(String, u16)>,
     child: Child,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl Nginx {
     fn start() -> Nginx {
+        Nginx::with_servers(&[])
+    }
+
+    /// With further `server` blocks, each a name and the directives that
+    /// follow its `listen 127.0.0.1:PORT` (`ssl;` and certificates for TLS).
+    fn with_servers(blocks: &[(&str, String)]) -> Nginx {
         let exe = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| Path::new(p).exists())
@@ -34,7 +49,16 @@ impl Nginx {
         let d = dir.path();
         std::fs::create_dir_all(d.join("www")).unwrap();
         std::fs::create_dir_all(d.join("tmp")).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
+        let servers: Vec<(String, u16)> =
+            blocks.iter().map(|(name, _)| (name.to_string(), free_port())).collect();
+        let extra: String = servers
+            .iter()
+            .zip(blocks)
+            .map(|((_, port), (_, directives))| {
+                format!("    server {{\n        listen 127.0.0.1:{port} {directives}\n        root {}/www;\n    }}\n", d.display())
+            })
+            .collect();
         // SAFETY: geteuid has no preconditions.
         let user = if unsafe { libc::geteuid() } == 0 { "user root root;" } else { "" };
         let conf = format!(
@@ -61,7 +85,7 @@ http {{
         location ~ ^/error500/.*\.tar$ {{ return 500; }}
         location ~ ^/stall/.*\.tar$ {{ limit_rate_after 64k; limit_rate 1; }}
     }}
-}}
+{extra}}}
 "#,
             d = d.display()
         );
@@ -73,13 +97,20 @@ http {{
             .stderr(Stdio::null())
             .spawn()
             .expect("start nginx");
-        let nginx = Nginx { dir, port, child };
+        let nginx = Nginx { dir, port, servers, child };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "nginx did not start:\n{}", nginx.log("error.log"));
-            std::thread::sleep(Duration::from_millis(20));
+        for port in std::iter::once(port).chain(nginx.servers.iter().map(|s| s.1)) {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "nginx did not start:\n{}", nginx.log("error.log"));
+                std::thread::sleep(Duration::from_millis(20));
+            }
         }
         nginx
+    }
+
+    /// The port of the further server `name`.
+    fn port_of(&self, name: &str) -> u16 {
+        self.servers.iter().find(|s| s.0 == name).unwrap_or_else(|| panic!("no server {name}")).1
     }
 
     /// A served directory, created empty.
@@ -131,6 +162,9 @@ fn update(verb: &str, state: &Path, channel: Option<&str>, extra: &[&str]) -> Ru
     args.extend(["--state-dir".into(), state.display().to_string()]);
     if verb != "status" {
         args.extend(["--trust", DEV_PUB, "--trust-dir", "/nonexistent"].map(String::from));
+        if !extra.contains(&"--ca-dir") {
+            args.extend(["--ca-dir", "/nonexistent"].map(String::from));
+        }
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     edgevit(args)
@@ -455,19 +489,24 @@ fn a_full_disk_during_unpack_keeps_the_old_model() {
 #[test]
 fn a_cut_download_resumes_from_its_offset() {
     let nginx = Nginx::start();
+    a_cut_download_resumes(&nginx, &nginx.channel_url("resume"), &[]);
+}
+
+/// Kills an apply of the `resume` site's v2, served at `url`, halfway
+/// through the download; the next apply fetches only the rest.
+fn a_cut_download_resumes(nginx: &Nginx, url: &str, extra: &[&str]) {
     let tmp = tempfile::tempdir().unwrap();
-    let state = device_on_v1(&nginx, tmp.path());
-    let (_, tar) = site_with_v2(&nginx, tmp.path(), "resume");
+    let state = device_on_v1(nginx, tmp.path());
+    let (_, tar) = site_with_v2(nginx, tmp.path(), "resume");
     let size = std::fs::metadata(&tar).unwrap().len();
-    let url = nginx.channel_url("resume");
-    let killed = apply_crashing_at(&state, &url, "download-halfway");
+    let killed = apply_crashing_at(&state, url, "download-halfway", extra);
     assert_eq!(killed.signal(), Some(libc::SIGKILL), "the agent was not killed halfway");
     let staged: Vec<PathBuf> =
         std::fs::read_dir(state.join("staging")).unwrap().map(|e| e.unwrap().path()).collect();
     let have = std::fs::metadata(&staged[0]).unwrap().len();
     assert!(have >= size / 2 && have < size, "staged {have} of {size}");
 
-    let run = update("apply", &state, Some(&url), &[]);
+    let run = update("apply", &state, Some(url), extra);
     let expected = format!("fetched {} bytes, resuming from byte {have}", size - have);
     assert!(run.ok().stdout.contains(&expected), "{}", run.stdout);
     let log = nginx.log("access.log");
@@ -476,11 +515,12 @@ fn a_cut_download_resumes_from_its_offset() {
     assert_classifies(&state, 2);
 }
 
-fn apply_crashing_at(state: &Path, url: &str, step: &str) -> std::process::ExitStatus {
-    Command::new(binary())
+fn apply_crashing_at(state: &Path, url: &str, step: &str, extra: &[&str]) -> std::process::ExitStatus {
+    without_proxies(&mut Command::new(binary()))
         .args(["update", "apply", "--channel", url, "--state-dir"])
         .arg(state)
-        .args(["--trust", DEV_PUB, "--trust-dir", "/nonexistent"])
+        .args(["--trust", DEV_PUB, "--trust-dir", "/nonexistent", "--ca-dir", "/nonexistent"])
+        .args(extra)
         .current_dir(root())
         .env(CRASH_ENV, step)
         .stdout(Stdio::null())
@@ -517,7 +557,7 @@ fn a_kill_at_any_step_of_apply_leaves_a_working_device() {
         for round in 0..5 {
             let state = tmp.path().join(format!("crash-{step}-{round}"));
             copy_state(&template, &state);
-            let killed = apply_crashing_at(&state, &url, step);
+            let killed = apply_crashing_at(&state, &url, step, &[]);
             assert_eq!(killed.signal(), Some(libc::SIGKILL), "step {step} was not reached");
             let s = status(&state);
             let version = s["installed"].as_u64().unwrap();
@@ -567,7 +607,7 @@ fn run_swaps_in_a_new_version_between_frames() {
     let state = device_on_v1(&nginx, tmp.path());
     let site = nginx.site("hot");
     publish(&repo(FP32_BUNDLE), &site, &[]).ok();
-    let mut child = Command::new(binary())
+    let mut child = without_proxies(&mut Command::new(binary()))
         .args(["run", "pattern://", "null://", "--json", "--input-rate", "30", "--state-dir"])
         .arg(&state)
         .args([

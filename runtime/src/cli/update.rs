@@ -101,8 +101,7 @@ impl AgentArgs {
             trust: self.trust.store()?,
             engine: self.engine.options_on(board.as_ref())?,
             board,
-            timeouts: self.fetch.timeouts(),
-            max_bytes: self.fetch.max_bytes,
+            fetch: self.fetch.options()?,
         })
     }
 }

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use super::channel::{Channel, CHANNEL, CHANNEL_SIG, MAX_CHANNEL_BYTES};
 use super::crash_point;
 use super::device::DeviceId;
-use super::fetch::{Fetcher, Timeouts};
+use super::fetch::{FetchOptions, Fetcher};
 use super::slots::{remove_any, Slot, State, StateDir};
 use crate::board::Board;
 use crate::bundle::{sha256_reader, Bundle, RawBundle, SignaturePolicy};
@@ -45,9 +45,7 @@ pub struct UpdateOptions {
     pub trust: TrustStore,
     /// The board bundles must fit; `None` accepts any `compatible` list.
     pub board: Option<Board>,
-    pub timeouts: Timeouts,
-    /// Largest tarball accepted, whatever the channel says.
-    pub max_bytes: u64,
+    pub fetch: FetchOptions,
     /// How the health check loads the model (the same way `run` will).
     pub engine: EngineOptions,
 }
@@ -167,7 +165,7 @@ fn fetcher(dir: &StateDir, opts: &UpdateOptions) -> Result<(Fetcher, Option<Devi
     } else {
         Some(DeviceId::load_or_create(dir)?)
     };
-    Ok((Fetcher::new(opts.timeouts, device.clone()), device))
+    Ok((Fetcher::new(&opts.fetch, device.clone())?, device))
 }
 
 fn fetch_channel(fetcher: &Fetcher, opts: &UpdateOptions) -> Result<Channel> {
@@ -235,10 +233,10 @@ fn apply_locked(dir: &StateDir, opts: &UpdateOptions, mut state: State) -> Resul
     if !matches!(offered, Offer::Newer(..)) {
         return Ok(Applied::Nothing(offered));
     }
-    if channel.size > opts.max_bytes {
+    if channel.size > opts.fetch.max_bytes {
         bail!(
             "channel {CHANNEL}: expected a bundle of at most {} bytes but it declares {}",
-            opts.max_bytes,
+            opts.fetch.max_bytes,
             channel.size
         );
     }

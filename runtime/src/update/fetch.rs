@@ -1,5 +1,6 @@
 //! Moving bytes: `http://` and `https://` through ureq (connect, stall and
-//! overall timeouts), and `file://` for channels on local or mounted
+//! overall timeouts) on the trust, identity and proxies of
+//! [`super::transport`], and `file://` for channels on local or mounted
 //! storage. Downloads go to a staging file and resume with an HTTP Range
 //! request from where the last attempt stopped. Every HTTP request names
 //! the device in the [`super::device::HEADER`] header.
@@ -12,6 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 
 use super::device::{DeviceId, HEADER};
+use super::proxy::ProxyUrl;
+use super::transport::{Transport, TransportArgs};
 
 /// How long to wait for the network.
 #[derive(Clone, Copy, Debug)]
@@ -48,12 +51,28 @@ pub struct FetchArgs {
     /// Refuse bundles larger than this many bytes, whatever the channel says.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 30)]
     pub max_bytes: u64,
+    #[command(flatten)]
+    pub transport: TransportArgs,
 }
 
 impl FetchArgs {
-    pub fn timeouts(&self) -> Timeouts {
-        Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() }
+    /// Reads the files the flags name (CAs, client certificate, token).
+    pub fn options(&self) -> Result<FetchOptions> {
+        Ok(FetchOptions {
+            timeouts: Timeouts { stall: self.stall_timeout, overall: self.timeout, ..Timeouts::default() },
+            max_bytes: self.max_bytes,
+            transport: self.transport.transport()?,
+        })
     }
+}
+
+/// How updates are fetched, as [`FetchArgs`] says.
+#[derive(Clone, Debug)]
+pub struct FetchOptions {
+    pub timeouts: Timeouts,
+    /// Largest tarball accepted, whatever the channel says.
+    pub max_bytes: u64,
+    pub transport: Transport,
 }
 
 /// What one `download` call moved.
@@ -66,21 +85,25 @@ pub struct Downloaded {
 }
 
 pub struct Fetcher {
-    agent: ureq::Agent,
+    /// The direct agent, then one per proxy.
+    agents: Vec<(Option<ProxyUrl>, ureq::Agent)>,
     timeouts: Timeouts,
+    transport: Transport,
     device: Option<DeviceId>,
 }
 
 impl Fetcher {
     /// A fetcher whose HTTP requests carry `device`'s id, when there is one.
-    pub fn new(timeouts: Timeouts, device: Option<DeviceId>) -> Fetcher {
-        let agent = ureq::AgentBuilder::new()
-            .timeout_connect(timeouts.connect)
-            .timeout_read(timeouts.stall)
-            .timeout(timeouts.overall)
-            .user_agent(concat!("edgevit/", env!("CARGO_PKG_VERSION")))
-            .build();
-        Fetcher { agent, timeouts, device }
+    pub fn new(options: &FetchOptions, device: Option<DeviceId>) -> Result<Fetcher> {
+        let timeouts = options.timeouts;
+        let agents = options.transport.agents(|| {
+            ureq::AgentBuilder::new()
+                .timeout_connect(timeouts.connect)
+                .timeout_read(timeouts.stall)
+                .timeout(timeouts.overall)
+                .user_agent(concat!("edgevit/", env!("CARGO_PKG_VERSION")))
+        })?;
+        Ok(Fetcher { agents, timeouts, transport: options.transport.clone(), device })
     }
 
     /// The whole of a small document (a channel or its signature), at most `cap` bytes.
@@ -198,7 +221,9 @@ impl Fetcher {
         if !(url.starts_with("http://") || url.starts_with("https://")) {
             bail!("{url}: expected an http://, https:// or file:// URL");
         }
-        let mut request = self.agent.get(url);
+        let proxy = self.transport.proxy_for(url);
+        let agent = &self.agents.iter().find(|(p, _)| p.as_ref() == proxy).expect("an agent per proxy").1;
+        let mut request = self.transport.authorize(url, agent.get(url))?;
         if let Some(device) = &self.device {
             request = request.set(HEADER, device.as_str());
         }
@@ -208,7 +233,13 @@ impl Fetcher {
         match request.call() {
             Ok(response) => Ok(response),
             Err(ureq::Error::Status(code, response)) => {
-                bail!("{url}: server answered HTTP {code} {}", response.status_text())
+                let status = format!("{url}: server answered HTTP {code} {}", response.status_text());
+                let mut body = Vec::new();
+                let _ = response.into_reader().take(4096).read_to_end(&mut body);
+                match self.transport.status_hint(code, &String::from_utf8_lossy(&body)) {
+                    Some(hint) => bail!("{status}: {hint}"),
+                    None => bail!("{status}"),
+                }
             }
             Err(ureq::Error::Transport(t)) => Err(self.transport_error(url, &t)),
         }
@@ -222,7 +253,14 @@ impl Fetcher {
         if timed_out {
             return self.timeout_error(url);
         }
-        anyhow::anyhow!("{url}: {}", t.to_string().lines().next().unwrap_or("transport error"))
+        if let Some(line) = self.transport.explain(url, t) {
+            return anyhow::anyhow!("{url}: {line}");
+        }
+        let line = t.to_string().lines().next().unwrap_or("transport error").to_string();
+        match self.transport.proxy_for(url) {
+            Some(p) => anyhow::anyhow!("{url}: {line} (through proxy {p})"),
+            None => anyhow::anyhow!("{url}: {line}"),
+        }
     }
 
     fn read_error(&self, url: &str, e: std::io::Error) -> anyhow::Error {

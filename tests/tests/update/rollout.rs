@@ -135,7 +135,7 @@ fn a_device_left_out_installs_nothing_until_listed() {
     assert_eq!(status(&state)["last_error"], serde_json::Value::Null);
 
     // The run loop's poller leaves it alone too, saying so at debug level.
-    let out = Command::new(binary())
+    let out = without_proxies(&mut Command::new(binary()))
         .args(["run", "pattern://", "null://", "--json", "--input-rate", "30", "--frames", "60"])
         .arg("--state-dir")
         .arg(&state)
