@@ -53,6 +53,10 @@ pub struct BuildArgs {
     /// Another public key the device trusts (repeatable).
     #[arg(long, value_name = "KEY.pub")]
     pub trust: Vec<PathBuf>,
+    /// A CA certificate file (PEM, named `*.pem` or `*.crt`) the device
+    /// trusts for https:// updates, installed in /etc/edgevit/ca/ (repeatable).
+    #[arg(long, value_name = "FILE.pem")]
+    pub ca: Vec<PathBuf>,
     /// Cargo profile of the binary.
     #[arg(long, value_enum, default_value = "release")]
     pub profile: Profile,
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 bundle: args.bundle,
                 key: args.key,
                 trust: args.trust,
+                ca: args.ca,
                 profile: args.profile,
                 out: args.out,
             };

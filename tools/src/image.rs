@@ -11,6 +11,7 @@
 //! usr/lib/edgevit/kernels/sm_XX/*.ptx    GPU-path boards only, <stem>-<source hash>.ptx
 //! etc/edgevit/board.toml                 boards/<board>.toml, verbatim
 //! etc/edgevit/keys/*.pub                 the signing key's public half, --trust keys
+//! etc/edgevit/ca/*.pem, *.crt            the --ca certificates, for https:// updates
 //! etc/systemd/system/edgevit.service     boards/edgevit.service
 //! var/lib/edgevit/slots/a/               the bundle, as verified
 //! var/lib/edgevit/current -> slots/a
@@ -47,6 +48,8 @@ pub struct BuildRequest {
     pub key: PathBuf,
     /// Further public keys the device trusts.
     pub trust: Vec<PathBuf>,
+    /// CA certificate files the device trusts for `https://` updates.
+    pub ca: Vec<PathBuf>,
     pub profile: Profile,
     /// Directory the image is written to (created when missing).
     pub out: PathBuf,
@@ -128,6 +131,7 @@ pub fn build(request: &BuildRequest) -> Result<BuildSummary> {
     let (keys, trust) = trusted_keys(&request.key, &key, &request.trust)?;
     let bundle = Bundle::open(&request.bundle, &trust, SignaturePolicy::Require)?;
     board.check_fits(&bundle)?;
+    let cas = ca_files(&request.ca)?;
 
     // The PTX step is quick and fails for reasons unrelated to the build
     // (no NVRTC): run it before anything is written.
@@ -161,6 +165,9 @@ pub fn build(request: &BuildRequest) -> Result<BuildSummary> {
     write("etc/edgevit/board.toml", board_text.as_bytes(), 0o644)?;
     for (name, text) in &keys {
         write(&format!("etc/edgevit/keys/{name}"), text.as_bytes(), 0o644)?;
+    }
+    for (name, bytes) in &cas {
+        write(&format!("etc/edgevit/ca/{name}"), bytes, 0o644)?;
     }
     write("etc/systemd/system/edgevit.service", &unit, 0o644)?;
     let state = root.join("var/lib/edgevit");
@@ -245,6 +252,26 @@ fn trusted_keys(
         }
     }
     Ok((files, store))
+}
+
+/// The `--ca` files as `(file name, bytes)` under `etc/edgevit/ca/`: each
+/// must hold CA certificates the device can use and be named as the device
+/// reads them (`*.pem`, `*.crt`), each name once.
+fn ca_files(files: &[PathBuf]) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut out = BTreeMap::new();
+    for file in files {
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        if !(name.ends_with(".pem") || name.ends_with(".crt")) {
+            bail!("CA certificate {}: expected a name ending in .pem or .crt", file.display());
+        }
+        edgevit::check_ca_file(file)?;
+        let bytes =
+            fs::read(file).with_context(|| format!("CA certificate {}: cannot read", file.display()))?;
+        if out.insert(name.clone(), bytes).is_some() {
+            bail!("CA certificate {}: another --ca file is already named {name}", file.display());
+        }
+    }
+    Ok(out)
 }
 
 /// PTX for a GPU-path board: the architecture directory, the files, and the

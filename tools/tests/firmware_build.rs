@@ -31,6 +31,20 @@ fn dev_key(ext: &str) -> PathBuf {
     workspace().join("models/keys").join(format!("dev-test-only.{ext}"))
 }
 
+/// A fleet CA certificate for `--ca`, made once per run.
+fn fleet_ca() -> &'static Path {
+    static CA: OnceLock<PathBuf> = OnceLock::new();
+    CA.get_or_init(|| {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.distinguished_name.push(rcgen::DnType::CommonName, "fleet CA");
+        let cert = params.self_signed(&rcgen::KeyPair::generate().unwrap()).unwrap();
+        let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fleet-ca.pem");
+        fs::write(&path, cert.pem()).unwrap();
+        path
+    })
+}
+
 /// The file name images ship ggem.cu's PTX under, the source's hash in it.
 fn ggem_ptx_name() -> String {
     edgevit_kernels::ptx::prebuilt_file_name("ggem", ggem::SOURCE)
@@ -49,6 +63,8 @@ fn build(board: &str, out: &Path) -> (PathBuf, String) {
         .arg(bundle_dir())
         .arg("--key")
         .arg(dev_key("key"))
+        .arg("--ca")
+        .arg(fleet_ca())
         .arg("--out")
         .arg(out)
         .output()
@@ -224,6 +240,7 @@ fn images_hold_the_device_tree() {
     let key = String::from_utf8(orin.files["etc/edgevit/keys/dev-test-only.pub"].clone()).unwrap();
     let shipped = fs::read_to_string(dev_key("pub")).unwrap();
     assert_eq!(key.lines().last(), shipped.lines().last(), "the image trusts another key");
+    assert_eq!(orin.files["etc/edgevit/ca/fleet-ca.pem"], fs::read(fleet_ca()).unwrap());
     for file in ["manifest.toml", "manifest.sig", "model.onnx", "labels.txt"] {
         assert_eq!(
             orin.files[&format!("var/lib/edgevit/slots/a/{file}")],
@@ -503,4 +520,23 @@ fn bad_requests_fail_with_one_line_and_leave_nothing() {
             xavier_only.display()
         )
     );
+
+    let not_pem = dir.path().join("fleet.pem");
+    fs::write(&not_pem, "not a certificate\n").unwrap();
+    let mut with_ca = args(ORIN, &bundle, &key);
+    with_ca.extend([os("--ca"), not_pem.clone().into()]);
+    let err = run(with_ca);
+    let expected = format!(
+        "edgevit-tools: {}: expected PEM certificates (-----BEGIN CERTIFICATE-----) but found none\n",
+        not_pem.display()
+    );
+    assert_eq!(err, expected);
+    let mut misnamed = args(ORIN, &bundle, &key);
+    misnamed.extend([os("--ca"), dev_key("pub").into()]);
+    let err = run(misnamed);
+    let expected = format!(
+        "edgevit-tools: CA certificate {}: expected a name ending in .pem or .crt\n",
+        dev_key("pub").display()
+    );
+    assert_eq!(err, expected);
 }
