@@ -32,10 +32,12 @@ impl Pki {
         let other_ca = issuer("some other CA");
         let pki = Pki { dir };
         pki.write("ca.pem", &ca.pem(), 0o644);
-        pki.leaf("server", &ca, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth, false);
-        pki.leaf("expired", &ca, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth, true);
-        pki.leaf("device", &ca, &[], ExtendedKeyUsagePurpose::ClientAuth, false);
-        pki.leaf("stranger", &other_ca, &[], ExtendedKeyUsagePurpose::ClientAuth, false);
+        let (server, client) = (ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth);
+        pki.leaf("server", &ca, &["localhost"], server.clone(), None);
+        pki.leaf("expired", &ca, &["localhost"], server.clone(), Some((2020, 2021)));
+        pki.leaf("future", &ca, &["localhost"], server, Some((2090, 2091)));
+        pki.leaf("device", &ca, &[], client.clone(), None);
+        pki.leaf("stranger", &other_ca, &[], client, None);
         pki
     }
 
@@ -52,15 +54,15 @@ impl Pki {
         std::fs::set_permissions(self.path(name), std::fs::Permissions::from_mode(mode)).unwrap();
     }
 
-    /// `NAME.pem` and `NAME.key`, signed by `ca`; an `expired` one was
-    /// valid during 2020 only.
+    /// `NAME.pem` and `NAME.key`, signed by `ca`, valid from the first of
+    /// January of one year to that of another when `years` says so.
     fn leaf(
         &self,
         name: &str,
         ca: &CertifiedIssuer<'static, KeyPair>,
         names: &[&str],
         purpose: ExtendedKeyUsagePurpose,
-        expired: bool,
+        years: Option<(i32, i32)>,
     ) {
         let key = KeyPair::generate().unwrap();
         let mut params =
@@ -68,9 +70,9 @@ impl Pki {
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![purpose];
         params.use_authority_key_identifier_extension = true;
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        if let Some((from, until)) = years {
+            params.not_before = rcgen::date_time_ymd(from, 1, 1);
+            params.not_after = rcgen::date_time_ymd(until, 1, 1);
         }
         let cert = params.signed_by(&key, ca).unwrap();
         self.write(&format!("{name}.pem"), &cert.pem(), 0o644);
@@ -96,8 +98,8 @@ fn issuer(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
-/// nginx with four TLS servers: `tls` (a good certificate for localhost),
-/// `expired`, `mtls` (requires a client certificate from the CA) and
+/// nginx with five TLS servers: `tls` (a good certificate for localhost),
+/// `expired`, `future` (valid from 2090), `mtls` (requires a client certificate from the CA) and
 /// `token` (requires the bearer token), all serving a published `v1` site.
 fn fleet_nginx(pki: &Pki) -> Nginx {
     let mtls = format!("ssl_verify_client on;\n        ssl_client_certificate {};", pki.arg("ca.pem"));
@@ -105,6 +107,7 @@ fn fleet_nginx(pki: &Pki) -> Nginx {
     let nginx = Nginx::with_servers(&[
         ("tls", pki.server("server", "")),
         ("expired", pki.server("expired", "")),
+        ("future", pki.server("future", "")),
         ("mtls", pki.server("server", &mtls)),
         ("token", pki.server("server", &token)),
     ]);
@@ -160,6 +163,11 @@ fn https_trusts_the_fleet_ca_and_names_each_refusal() {
         &https(&nginx, "expired", "v1"),
         &["--ca", &ca],
         "the server's certificate expired at 2021-01-01T00:00:00Z (the device's clock says 20",
+    );
+    refused(
+        &https(&nginx, "future", "v1"),
+        &["--ca", &ca],
+        "the server's certificate is valid only from 2090-01-01T00:00:00Z but the device's clock says 20",
     );
 }
 
