@@ -106,7 +106,7 @@ where
 }
 
 /// The proxy variables edgevit reads; the tests' runs see only those a test sets.
-pub const PROXY_VARS: [&str; 8] = [
+const PROXY_VARS: [&str; 8] = [
     "HTTPS_PROXY",
     "https_proxy",
     "HTTP_PROXY",

@@ -162,7 +162,7 @@ fn update(verb: &str, state: &Path, channel: Option<&str>, extra: &[&str]) -> Ru
     args.extend(["--state-dir".into(), state.display().to_string()]);
     if verb != "status" {
         args.extend(["--trust", DEV_PUB, "--trust-dir", "/nonexistent"].map(String::from));
-        if !extra.contains(&"--ca-dir") {
+        if matches!(verb, "check" | "apply") && !extra.contains(&"--ca-dir") {
             args.extend(["--ca-dir", "/nonexistent"].map(String::from));
         }
     }

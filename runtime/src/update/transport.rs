@@ -150,7 +150,7 @@ impl Transport {
     }
 
     /// An agent for requests through `proxy` (or directly), on this transport's TLS.
-    pub fn agent(&self, builder: ureq::AgentBuilder, proxy: Option<&ProxyUrl>) -> Result<ureq::Agent> {
+    fn agent(&self, builder: ureq::AgentBuilder, proxy: Option<&ProxyUrl>) -> Result<ureq::Agent> {
         let mut builder = builder.tls_config(self.tls.clone());
         if let Some(p) = proxy {
             builder = builder.proxy(p.as_ureq()?);
