@@ -6,11 +6,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages: the data set the accuracy tests read, nginx, the static
-# web server the update tests publish channels on, and qemu with the arm64
-# C library, under which the firmware test runs an image's binary. Nothing
+# web server the update tests publish channels on, qemu with the arm64
+# C library, under which the firmware test runs an image's binary, and
+# GStreamer with the plugins the video-file tests encode and decode with
+# (edgevit opens it at run time; the tests make their clips with
+# gst-launch-1.0). Nothing
 # here is needed to build: no crate of the workspace compiles against system
 # headers or libraries.
-packages=(dataset-fashion-mnist nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross)
+packages=(dataset-fashion-mnist nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

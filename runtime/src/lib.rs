@@ -19,6 +19,7 @@ mod engine;
 mod eval;
 mod fsutil;
 mod ggem;
+mod gst;
 mod keys;
 mod manifest;
 mod overlay;

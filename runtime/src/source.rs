@@ -8,7 +8,14 @@
 //! | `file://shots/*.png` | the image files a glob pattern matches, in alphanumeric order |
 //! | `file://photo.jpg` | one image |
 //! | `file://clip.y4m` | a YUV4MPEG2 clip: 8-bit 4:2:0 or 4:4:4 |
+//! | `file://clip.mp4` (`.mkv`, `.avi`, `.mov`, `.webm`) | a video file, through GStreamer |
+//! | `csi://0` | a CSI camera through NVIDIA's `nvarguscamerasrc`, through GStreamer |
+//! | `rtsp://[user:pass@]host[:port]/path` | an RTSP stream, through GStreamer |
+//! | `gst://PIPELINE` | any GStreamer pipeline that gives raw video |
 //! | `pattern://` | colour bars with a moving square, `--input-width` x `--input-height` |
+//!
+//! GStreamer is loaded when a URI needs it ([`crate::gst`]); the pipelines
+//! each URI becomes are in [`gstreamer`].
 //!
 //! A URI without a scheme is a file path. Paths after `file://` are taken
 //! as written: `file://models/x/` is `./models/x/`, `file:///data/x/` is
@@ -58,6 +65,7 @@ use crate::preprocess::{Image, MAX_IMAGE_SIDE};
 mod camera;
 mod convert;
 mod files;
+mod gstreamer;
 mod pattern;
 mod y4m;
 
@@ -117,6 +125,10 @@ pub struct SourceArgs {
     /// 0 delivers them as fast as they are taken. Cameras run at their own rate.
     #[arg(long, value_name = "FPS", default_value_t = 0.0, value_parser = parse_rate)]
     pub input_rate: f64,
+    /// How long an `rtsp://` stream is buffered against network jitter, in
+    /// milliseconds (rtspsrc's own default is 2000) [default: 200].
+    #[arg(long, value_name = "MS")]
+    pub input_rtsp_latency: Option<u32>,
 }
 
 impl SourceArgs {
@@ -156,10 +168,21 @@ pub fn open(uri: &str, args: &SourceArgs) -> Result<Box<dyn Source>> {
     }
     let repeat = Repeat::from_arg(args.input_loop);
     let pacer = || Pacer::new(args.input_rate);
+    let gst =
+        |d| -> Result<Box<dyn Source>> { Ok(Box::new(gstreamer::GstSource::open(d, repeat, pacer())?)) };
     Ok(match parse_uri(uri)? {
         Uri::Camera(device) => Box::new(camera::Camera::open(device, w, h)?),
         Uri::Pattern => Box::new(pattern::Pattern::new(w, h, pacer())),
+        Uri::File(path) if has_extension(Path::new(&path), &gstreamer::VIDEO_EXTENSIONS) => {
+            if std::fs::metadata(&path).is_err() {
+                bail!("input {uri}: no such file or directory");
+            }
+            gst(gstreamer::video_file(&path))?
+        }
         Uri::File(path) => open_path(uri, &path, repeat, pacer())?,
+        Uri::Csi(sensor) => gst(gstreamer::csi(sensor, w, h, args.input_rate))?,
+        Uri::Rtsp(url) => gst(gstreamer::rtsp(&url, args.input_rtsp_latency.unwrap_or(200)))?,
+        Uri::Gst(pipeline) => gst(gstreamer::custom(&pipeline))?,
     })
 }
 
@@ -187,6 +210,9 @@ enum Uri {
     Camera(PathBuf),
     File(String),
     Pattern,
+    Csi(u32),
+    Rtsp(String),
+    Gst(String),
 }
 
 fn parse_uri(uri: &str) -> Result<Uri> {
@@ -211,11 +237,30 @@ fn parse_uri(uri: &str) -> Result<Uri> {
         }
         return Ok(Uri::Pattern);
     }
+    if let Some(rest) = uri.strip_prefix("csi://") {
+        return match rest.parse::<u32>() {
+            Ok(n) => Ok(Uri::Csi(n)),
+            Err(_) => bail!("input URI {uri}: expected a sensor number, e.g. csi://0"),
+        };
+    }
+    if let Some(rest) = uri.strip_prefix("rtsp://") {
+        if rest.is_empty() {
+            bail!("input URI rtsp://: expected rtsp://[user:pass@]host[:port]/path");
+        }
+        return Ok(Uri::Rtsp(uri.to_string()));
+    }
+    if let Some(rest) = uri.strip_prefix("gst://") {
+        if rest.trim().is_empty() {
+            bail!("input URI {uri}: expected a pipeline, e.g. gst://videotestsrc num-buffers=100");
+        }
+        return Ok(Uri::Gst(rest.to_string()));
+    }
+    const SCHEMES: &str = "v4l2://, file://, csi://, rtsp://, gst:// or pattern://";
     if uri.contains("://") {
-        bail!("input URI {uri}: expected v4l2://, file:// or pattern://");
+        bail!("input URI {}: expected {SCHEMES}", gstreamer::without_credentials(uri));
     }
     if uri.is_empty() {
-        bail!("input URI is empty: expected v4l2://, file:// or pattern://");
+        bail!("input URI is empty: expected {SCHEMES}");
     }
     if uri.starts_with("/dev/video") {
         return Ok(Uri::Camera(PathBuf::from(uri)));
@@ -335,6 +380,9 @@ mod tests {
         assert_eq!(parse_uri("file:///abs/x.png").unwrap(), Uri::File("/abs/x.png".into()));
         assert_eq!(parse_uri("photo.jpg").unwrap(), Uri::File("photo.jpg".into()));
         assert_eq!(parse_uri("pattern://").unwrap(), Uri::Pattern);
+        assert_eq!(parse_uri("csi://1").unwrap(), Uri::Csi(1));
+        assert_eq!(parse_uri("rtsp://cam:8554/s").unwrap(), Uri::Rtsp("rtsp://cam:8554/s".into()));
+        assert_eq!(parse_uri("gst://videotestsrc").unwrap(), Uri::Gst("videotestsrc".into()));
     }
 
     #[test]
@@ -346,11 +394,13 @@ mod tests {
 
     #[test]
     fn unknown_scheme_is_one_clear_line() {
-        let err = open("rtsp://cam/stream", &SourceArgs::default()).err().unwrap();
+        let err = open("rtmp://admin:pw@cam/stream", &SourceArgs::default()).err().unwrap();
         assert_eq!(
             format!("{err:#}"),
-            "input URI rtsp://cam/stream: expected v4l2://, file:// or pattern://"
+            "input URI rtmp://cam/stream: expected v4l2://, file://, csi://, rtsp://, gst:// or pattern://"
         );
+        let err = open("csi://front", &SourceArgs::default()).err().unwrap();
+        assert_eq!(format!("{err:#}"), "input URI csi://front: expected a sensor number, e.g. csi://0");
         let err = open("pattern://bars", &SourceArgs::default()).err().unwrap();
         assert!(format!("{err:#}").contains("expected pattern:// with nothing after it"), "{err:#}");
         let err = open("file://", &SourceArgs::default()).err().unwrap();

@@ -15,6 +15,7 @@ mod engine_options;
 mod errors;
 mod eval;
 mod ggem_fusion;
+mod gstreamer;
 mod half;
 mod hostile;
 mod house;

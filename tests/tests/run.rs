@@ -120,7 +120,7 @@ fn rss_bytes() -> u64 {
 #[test]
 fn a_slow_consumer_makes_capture_drop_not_queue() {
     const FRAMES: u64 = 10_000;
-    let args = SourceArgs { input_width: Some(160), input_height: Some(120), input_loop: 0, input_rate: 0.0 };
+    let args = SourceArgs { input_width: Some(160), input_height: Some(120), ..SourceArgs::default() };
     let source =
         Box::new(Limited { inner: edgevit::open_source("pattern://", &args).unwrap(), left: FRAMES });
     let slot = Arc::new(Slot::default());

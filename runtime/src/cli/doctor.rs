@@ -31,7 +31,27 @@ struct Doctor {
     kernels: KernelStore,
     /// Why `auto` does not take CUDA; none when it does.
     not_cuda: Option<String>,
+    /// GStreamer's version and, for each element the URIs use, whether it
+    /// is installed.
+    gstreamer: Result<GstFound, String>,
 }
+
+/// GStreamer's version and, per element of [`GST_ELEMENTS`], whether it is installed.
+type GstFound = ((u32, u32, u32), Vec<(&'static str, bool)>);
+
+/// The elements `csi://`, `rtsp://` and video files need, and the encoders
+/// recording uses: NVIDIA's on a Jetson, the generic ones elsewhere.
+const GST_ELEMENTS: [&str; 9] = [
+    "nvarguscamerasrc",
+    "nvvidconv",
+    "nvv4l2decoder",
+    "rtspsrc",
+    "decodebin",
+    "videoconvert",
+    "avdec_h264",
+    "x264enc",
+    "nvv4l2h264enc",
+];
 
 impl Doctor {
     fn probe(board: Option<Board>) -> Doctor {
@@ -43,6 +63,9 @@ impl Doctor {
             board,
             libraries: edgevit_kernels::driver::probe_runtime_libraries(),
             kernels: KernelStore::from_env(),
+            gstreamer: crate::gst::version()
+                .map(|v| (v, GST_ELEMENTS.map(|e| (e, crate::gst::has_element(e).unwrap_or(false))).to_vec()))
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -104,6 +127,20 @@ impl fmt::Display for Doctor {
                 "int8      none: no fast int8 dot product on this CPU (arm64 asimddp, x86 AVX2 or VNNI); \
                  int8 models run f32 products"
             )?,
+        }
+        match &self.gstreamer {
+            Ok(((major, minor, micro), elements)) => {
+                let list = |found: bool| -> String {
+                    let names: Vec<&str> = elements.iter().filter(|e| e.1 == found).map(|e| e.0).collect();
+                    if names.is_empty() {
+                        "none".into()
+                    } else {
+                        names.join(" ")
+                    }
+                };
+                writeln!(f, "gstreamer {major}.{minor}.{micro}; has {}; lacks {}", list(true), list(false))?
+            }
+            Err(e) => writeln!(f, "gstreamer {e}: csi://, rtsp://, gst:// and video files need it")?,
         }
         match &self.not_cuda {
             None => writeln!(f, "auto      cuda"),

@@ -16,7 +16,10 @@ use crate::update::{BundleArgs, RunUpdateArgs};
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Where frames come from: `v4l2:///dev/video0`, `file://DIR/`, `file://GLOB`,
-    /// `file://clip.y4m`, `pattern://`. Default: `/dev/video0` when it exists.
+    /// `file://clip.y4m`, `pattern://`; through GStreamer, loaded when needed:
+    /// `file://clip.mp4` (.mkv, .avi, .mov, .webm), `csi://0`,
+    /// `rtsp://[user:pass@]host[:port]/path`, `gst://PIPELINE` (raw video out).
+    /// Default: `/dev/video0` when it exists.
     #[arg(value_name = "INPUT_URI")]
     pub input: Option<String>,
     /// Where results are shown: `fb:///dev/fb0`, `png://DIR`, `null://`. Default:
