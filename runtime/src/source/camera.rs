@@ -27,8 +27,9 @@ use super::convert::{mjpeg_to_rgb, yuyv_to_rgb};
 use super::{Capture, Source, MAX_WAIT};
 use crate::preprocess::{Image, PixelFormat, MAX_IMAGE_SIDE};
 
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The wait before reopening a lost live source, doubling to [`MAX_BACKOFF`].
+pub(super) const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+pub(super) const MAX_BACKOFF: Duration = Duration::from_secs(5);
 const BUFFERS: u32 = 4;
 /// A camera silent this long is treated as failed and reopened.
 const STALL: Duration = Duration::from_secs(5);

@@ -22,12 +22,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 
+use super::camera::{FIRST_BACKOFF, MAX_BACKOFF};
 use super::{Capture, Pacer, Repeat, Source, MAX_WAIT};
 use crate::gst::{Pipeline, Pulled};
 use crate::preprocess::{Image, PixelFormat};
-
-const FIRST_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// The file extensions read as video through GStreamer.
 pub(super) const VIDEO_EXTENSIONS: [&str; 5] = ["mp4", "mkv", "avi", "mov", "webm"];
