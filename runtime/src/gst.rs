@@ -1,13 +1,14 @@
 //! GStreamer, loaded at run time as cudarc loads CUDA: nothing of it is
 //! needed to build, the binary starts where it is absent, and only a URI
 //! that needs it fails there, with one line. The few C functions the
-//! sources use (init, parse-launch, the app sink, samples and their caps,
-//! mapped buffers, the bus for errors and end of stream) are looked up
+//! sources and outputs use (init, parse-launch, the app sink and source,
+//! samples, buffers and caps, the bus for errors and end of stream) are looked up
 //! once from `libgstreamer-1.0.so.0`, `libgstapp-1.0.so.0` and
 //! `libglib-2.0.so.0`.
 //!
-//! Every pointer this module hands out is owned by a [`Pipeline`], which
-//! stops and releases the pipeline when dropped.
+//! Every pointer this module takes is owned by a [`Pipeline`] (frames
+//! out) or a [`Feed`] (frames in), which stops and releases the pipeline
+//! when dropped.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::OnceLock;
@@ -42,6 +43,8 @@ struct MapInfo {
 const STATE_NULL: c_int = 1;
 const STATE_PLAYING: c_int = 4;
 const STATE_CHANGE_FAILURE: c_int = 0;
+const FLOW_OK: c_int = 0;
+const MESSAGE_EOS: c_uint = 1 << 0;
 const MESSAGE_ERROR: c_uint = 1 << 1;
 const MAP_READ: c_uint = 1 << 0;
 
@@ -69,6 +72,14 @@ struct Api {
     buffer_unmap: unsafe extern "C" fn(*mut c_void, *mut MapInfo),
     app_sink_try_pull_sample: unsafe extern "C" fn(*mut c_void, u64) -> *mut c_void,
     app_sink_is_eos: unsafe extern "C" fn(*mut c_void) -> GBoolean,
+    util_set_object_arg: unsafe extern "C" fn(*mut c_void, *const c_char, *const c_char),
+    caps_from_string: unsafe extern "C" fn(*const c_char) -> *mut c_void,
+    buffer_new_allocate: unsafe extern "C" fn(*mut c_void, usize, *mut c_void) -> *mut c_void,
+    buffer_fill: unsafe extern "C" fn(*mut c_void, usize, *const c_void, usize) -> usize,
+    app_src_set_caps: unsafe extern "C" fn(*mut c_void, *const c_void),
+    app_src_push_buffer: unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int,
+    app_src_end_of_stream: unsafe extern "C" fn(*mut c_void) -> c_int,
+    app_src_get_current_level_bytes: unsafe extern "C" fn(*mut c_void) -> u64,
 }
 
 // SAFETY: the table holds plain function pointers into libraries that stay
@@ -134,6 +145,14 @@ fn load() -> std::result::Result<Api, String> {
         buffer_unmap: symbol!(1, "gst_buffer_unmap"),
         app_sink_try_pull_sample: symbol!(2, "gst_app_sink_try_pull_sample"),
         app_sink_is_eos: symbol!(2, "gst_app_sink_is_eos"),
+        util_set_object_arg: symbol!(1, "gst_util_set_object_arg"),
+        caps_from_string: symbol!(1, "gst_caps_from_string"),
+        buffer_new_allocate: symbol!(1, "gst_buffer_new_allocate"),
+        buffer_fill: symbol!(1, "gst_buffer_fill"),
+        app_src_set_caps: symbol!(2, "gst_app_src_set_caps"),
+        app_src_push_buffer: symbol!(2, "gst_app_src_push_buffer"),
+        app_src_end_of_stream: symbol!(2, "gst_app_src_end_of_stream"),
+        app_src_get_current_level_bytes: symbol!(2, "gst_app_src_get_current_level_bytes"),
         _libraries: libraries,
     };
     let mut error = std::ptr::null_mut();
@@ -189,20 +208,176 @@ pub fn has_element(name: &str) -> Result<bool> {
     Ok(true)
 }
 
-/// A running pipeline whose app sink, named [`SINK`], gives RGB frames.
-pub struct Pipeline {
+/// A started pipeline, its bus and its app element (named [`SINK`] or
+/// [`SOURCE`]), all owned: released, after the pipeline is stopped, on drop.
+struct Launched {
     api: &'static Api,
     pipeline: *mut c_void,
-    sink: *mut c_void,
+    element: *mut c_void,
     bus: *mut c_void,
 }
 
-// SAFETY: GStreamer objects may be used from any thread; the pipeline is
+// SAFETY: GStreamer objects may be used from any thread; a pipeline is
 // driven from one thread at a time (`&mut self`).
-unsafe impl Send for Pipeline {}
+unsafe impl Send for Launched {}
+
+impl Launched {
+    /// Parses `description` and looks up its element named `name`, then runs
+    /// `prepare` on that element and starts the pipeline. `role` and
+    /// `shown` (the URI without credentials) are how errors name it.
+    fn start(
+        description: &str,
+        role: &str,
+        shown: &str,
+        name: &str,
+        prepare: impl FnOnce(&Api, *mut c_void),
+    ) -> Result<Launched> {
+        let api = api()?;
+        let text = CString::new(description)
+            .map_err(|_| anyhow::anyhow!("{role} {shown}: expected a pipeline without NUL bytes"))?;
+        let mut error = std::ptr::null_mut();
+        // SAFETY: a NUL-terminated description; the result, when not null, is
+        // a new floating reference we own; the GError, when set, is ours.
+        let pipeline = unsafe { (api.parse_launch)(text.as_ptr(), &mut error) };
+        if pipeline.is_null() {
+            bail!("{role} {shown}: the pipeline does not parse: {}", take_error(api, error));
+        }
+        if !error.is_null() {
+            // A recoverable parse error (e.g. a missing property): still an error.
+            let message = take_error(api, error);
+            // SAFETY: the pipeline was returned to us and is released once.
+            unsafe { (api.object_unref)(pipeline) };
+            bail!("{role} {shown}: the pipeline does not parse: {message}");
+        }
+        let name_c = CString::new(name).expect("no NUL");
+        // SAFETY: the pipeline is a bin (parse_launch wraps several elements
+        // in one); the element and the bus are new references we own.
+        let (element, bus) =
+            unsafe { ((api.bin_get_by_name)(pipeline, name_c.as_ptr()), (api.element_get_bus)(pipeline)) };
+        let mut p = Launched { api, pipeline, element, bus };
+        if element.is_null() {
+            let kind = if role == "input" { "end in `appsink" } else { "start with `appsrc" };
+            bail!("{role} {shown}: expected the pipeline to {kind} name={name}`");
+        }
+        prepare(api, element);
+        // SAFETY: a valid element.
+        if unsafe { (api.element_set_state)(pipeline, STATE_PLAYING) } == STATE_CHANGE_FAILURE {
+            let why = p.bus_error().unwrap_or_else(|| "it refused to start".into());
+            bail!("{role} {shown}: {why}");
+        }
+        if let Some(why) = p.bus_error() {
+            p.stop();
+            bail!("{role} {shown}: {why}");
+        }
+        Ok(p)
+    }
+
+    /// The first error on the bus, waiting up to `wait` for one; end of
+    /// stream too when `eos` (then `Some(Ok(()))`).
+    fn bus_wait(&mut self, wait: Duration, eos: bool) -> Option<std::result::Result<(), String>> {
+        let api = self.api;
+        let types = if eos { MESSAGE_ERROR | MESSAGE_EOS } else { MESSAGE_ERROR };
+        // SAFETY: the bus is ours; a popped message is ours to unref, and
+        // parse_error hands us a GError and a debug string to free.
+        unsafe {
+            let message = (api.bus_timed_pop_filtered)(self.bus, wait.as_nanos() as u64, types);
+            if message.is_null() {
+                return None;
+            }
+            let kind = *message.cast::<MessageHead>();
+            if kind.kind == MESSAGE_EOS {
+                (api.mini_object_unref)(message);
+                return Some(Ok(()));
+            }
+            let (mut error, mut debug) = (std::ptr::null_mut(), std::ptr::null_mut());
+            (api.message_parse_error)(message, &mut error, &mut debug);
+            let text = take_error(api, error);
+            let detail = if debug.is_null() {
+                String::new()
+            } else {
+                let d = CStr::from_ptr(debug).to_string_lossy().into_owned();
+                (api.g_free)(debug.cast());
+                d
+            };
+            (api.mini_object_unref)(message);
+            Some(Err(match failing_element(&detail) {
+                Some(e) => format!("{text} (from {e})"),
+                None => text,
+            }))
+        }
+    }
+
+    /// The first error on the bus, if one is waiting; end of stream is left
+    /// to the sink.
+    fn bus_error(&mut self) -> Option<String> {
+        self.bus_wait(Duration::ZERO, false).and_then(|r| r.err())
+    }
+
+    fn stop(&mut self) {
+        // SAFETY: the pipeline is ours; setting NULL is always allowed.
+        unsafe { (self.api.element_set_state)(self.pipeline, STATE_NULL) };
+    }
+}
+
+impl Drop for Launched {
+    fn drop(&mut self) {
+        self.stop();
+        // SAFETY: each reference taken in `start` is released once.
+        unsafe {
+            if !self.element.is_null() {
+                (self.api.object_unref)(self.element);
+            }
+            if !self.bus.is_null() {
+                (self.api.object_unref)(self.bus);
+            }
+            (self.api.object_unref)(self.pipeline);
+        }
+    }
+}
+
+/// The head of a `GstMiniObject`, as gstminiobject.h lays it out (stable
+/// since 1.0): a message's type follows it.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MiniObject {
+    gtype: usize,
+    refcount: c_int,
+    lockstate: c_int,
+    flags: c_uint,
+    copy: *mut c_void,
+    dispose: *mut c_void,
+    free: *mut c_void,
+    priv_uint: c_uint,
+    priv_pointer: *mut c_void,
+}
+
+/// `GstMessage` up to its type.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct MessageHead {
+    mini_object: MiniObject,
+    kind: c_uint,
+}
+
+/// `GstBuffer` up to its timestamps, as gstbuffer.h lays it out (stable
+/// since 1.0); GStreamer sets them through these fields (its macros).
+#[repr(C)]
+struct BufferHead {
+    mini_object: MiniObject,
+    pool: *mut c_void,
+    pts: u64,
+    dts: u64,
+    duration: u64,
+}
+
+/// A running pipeline whose app sink, named [`SINK`], gives RGB frames.
+pub struct Pipeline(Launched);
 
 /// The name of the app sink a pipeline's frames come out of.
 pub const SINK: &str = "edgevit";
+
+/// The name of the app source an output pipeline's frames go into.
+pub const SOURCE: &str = "edgevit";
 
 /// What one [`Pipeline::pull`] gave.
 pub enum Pulled {
@@ -214,63 +389,37 @@ pub enum Pulled {
     End,
 }
 
+/// `value` quoted for a pipeline description's property.
+pub fn quoted(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+/// RGB rows are padded to 4 bytes in GStreamer's raw video.
+fn rgb_stride(width: usize) -> usize {
+    (width * 3).div_ceil(4) * 4
+}
+
 impl Pipeline {
     /// Parses and starts `description`, which must end in an app sink named
     /// [`SINK`] with RGB caps. `shown` is how errors name it (without
     /// credentials).
     pub fn start(description: &str, shown: &str) -> Result<Pipeline> {
-        let api = api()?;
-        let text = CString::new(description)
-            .map_err(|_| anyhow::anyhow!("input {shown}: expected a pipeline without NUL bytes"))?;
-        let mut error = std::ptr::null_mut();
-        // SAFETY: a NUL-terminated description; the result, when not null, is
-        // a new floating reference this Pipeline owns; the GError, when set,
-        // is ours to free.
-        let pipeline = unsafe { (api.parse_launch)(text.as_ptr(), &mut error) };
-        if pipeline.is_null() {
-            bail!("input {shown}: the pipeline does not parse: {}", take_error(api, error));
-        }
-        if !error.is_null() {
-            // A recoverable parse error (e.g. a missing property): still an error.
-            let message = take_error(api, error);
-            // SAFETY: the pipeline was returned to us and is released once.
-            unsafe { (api.object_unref)(pipeline) };
-            bail!("input {shown}: the pipeline does not parse: {message}");
-        }
-        let name = CString::new(SINK).expect("no NUL");
-        // SAFETY: the pipeline is a bin (parse_launch wraps several elements
-        // in one); the sink and the bus are new references this Pipeline owns.
-        let (sink, bus) =
-            unsafe { ((api.bin_get_by_name)(pipeline, name.as_ptr()), (api.element_get_bus)(pipeline)) };
-        let mut p = Pipeline { api, pipeline, sink, bus };
-        if sink.is_null() {
-            bail!("input {shown}: expected the pipeline to end in `appsink name={SINK}`");
-        }
-        // SAFETY: a valid element.
-        if unsafe { (api.element_set_state)(pipeline, STATE_PLAYING) } == STATE_CHANGE_FAILURE {
-            let why = p.bus_error().unwrap_or_else(|| "it refused to start".into());
-            bail!("input {shown}: {why}");
-        }
-        if let Some(why) = p.bus_error() {
-            p.stop();
-            bail!("input {shown}: {why}");
-        }
-        Ok(p)
+        Launched::start(description, "input", shown, SINK, |_, _| {}).map(Pipeline)
     }
 
     /// The next frame, waiting up to `wait`.
     pub fn pull(&mut self, wait: Duration) -> Result<Pulled> {
-        if let Some(why) = self.bus_error() {
+        if let Some(why) = self.0.bus_error() {
             bail!("{why}");
         }
-        let api = self.api;
-        // SAFETY: the sink is an appsink (it came from a pipeline we started
-        // with one of that name, and appsink is the only element taking
-        // try-pull-sample); the sample, when not null, is ours to unref.
-        let sample = unsafe { (api.app_sink_try_pull_sample)(self.sink, wait.as_nanos() as u64) };
+        let api = self.0.api;
+        // SAFETY: the element is an appsink (it came from a pipeline we
+        // started with one of that name, and appsink is the only element
+        // taking try-pull-sample); the sample, when not null, is ours.
+        let sample = unsafe { (api.app_sink_try_pull_sample)(self.0.element, wait.as_nanos() as u64) };
         if sample.is_null() {
             // SAFETY: as above.
-            let eos = unsafe { (api.app_sink_is_eos)(self.sink) } != 0;
+            let eos = unsafe { (api.app_sink_is_eos)(self.0.element) } != 0;
             return Ok(if eos { Pulled::End } else { Pulled::Nothing });
         }
         let frame = self.frame(sample);
@@ -279,9 +428,8 @@ impl Pipeline {
         frame
     }
 
-    /// The RGB frame of `sample`, whose caps give its size.
     fn frame(&self, sample: *mut c_void) -> Result<Pulled> {
-        let api = self.api;
+        let api = self.0.api;
         let (mut width, mut height) = (0, 0);
         // SAFETY: caps, structure and buffer belong to the sample, which
         // outlives this call; the field names are NUL-terminated.
@@ -301,8 +449,7 @@ impl Pipeline {
         if w > crate::preprocess::MAX_IMAGE_SIDE as usize || h > crate::preprocess::MAX_IMAGE_SIDE as usize {
             bail!("a {w}x{h} frame: expected at most {} pixels a side", crate::preprocess::MAX_IMAGE_SIDE);
         }
-        // RGB rows are padded to 4 bytes in GStreamer's raw video.
-        let stride = (w * 3).div_ceil(4) * 4;
+        let stride = rgb_stride(w);
         // SAFETY: the buffer belongs to the sample; the map is read-only and
         // undone before the sample goes.
         unsafe {
@@ -328,39 +475,126 @@ impl Pipeline {
             result
         }
     }
+}
 
-    /// The first error on the bus, if one is waiting; end of stream is left
-    /// to the sink.
-    fn bus_error(&mut self) -> Option<String> {
-        let api = self.api;
-        // SAFETY: the bus is ours; a popped message is ours to unref, and
-        // parse_error hands us a GError and a debug string to free.
-        unsafe {
-            let message = (api.bus_timed_pop_filtered)(self.bus, 0, MESSAGE_ERROR);
-            if message.is_null() {
-                return None;
+/// How long [`Feed::push`] waits for a pipeline that takes no frames.
+pub const FEED_STALL: Duration = Duration::from_secs(5);
+
+/// Frames queued in an app source before [`Feed::push`] waits.
+const FEED_QUEUE: usize = 4;
+
+/// A running pipeline whose app source, named [`SOURCE`], takes RGB frames
+/// of one size, timestamped from the first.
+pub struct Feed {
+    launched: Launched,
+    width: u32,
+    height: u32,
+    shown: String,
+    first: Option<std::time::Instant>,
+    last_pts: Option<Duration>,
+    finished: bool,
+}
+
+impl Feed {
+    /// Parses and starts `description`, which must begin with an app source
+    /// named [`SOURCE`]: it is given RGB `width x height` caps and time
+    /// stamps (`format=time`).
+    pub fn start(description: &str, shown: &str, width: u32, height: u32) -> Result<Feed> {
+        let caps =
+            CString::new(format!("video/x-raw,format=RGB,width={width},height={height},framerate=0/1"))
+                .expect("no NUL");
+        let launched = Launched::start(description, "output", shown, SOURCE, |api, src| {
+            // SAFETY: `src` is the element named SOURCE; an appsrc takes caps
+            // and a `format`; the caps are a new reference released here.
+            unsafe {
+                (api.util_set_object_arg)(src, c"format".as_ptr(), c"time".as_ptr());
+                let caps = (api.caps_from_string)(caps.as_ptr());
+                if !caps.is_null() {
+                    (api.app_src_set_caps)(src, caps);
+                    (api.mini_object_unref)(caps);
+                }
             }
-            let (mut error, mut debug) = (std::ptr::null_mut(), std::ptr::null_mut());
-            (api.message_parse_error)(message, &mut error, &mut debug);
-            let text = take_error(api, error);
-            let detail = if debug.is_null() {
-                String::new()
-            } else {
-                let d = CStr::from_ptr(debug).to_string_lossy().into_owned();
-                (api.g_free)(debug.cast());
-                d
-            };
-            (api.mini_object_unref)(message);
-            Some(match failing_element(&detail) {
-                Some(e) => format!("{text} (from {e})"),
-                None => text,
-            })
-        }
+        })?;
+        Ok(Feed {
+            launched,
+            width,
+            height,
+            shown: shown.to_string(),
+            first: None,
+            last_pts: None,
+            finished: false,
+        })
     }
 
-    fn stop(&mut self) {
-        // SAFETY: the pipeline is ours; setting NULL is always allowed.
-        unsafe { (self.api.element_set_state)(self.pipeline, STATE_NULL) };
+    /// Queues one frame (`width x height` RGB, rows packed), timestamped by
+    /// the time since the first. Waits, up to [`FEED_STALL`], while the
+    /// pipeline has [`FEED_QUEUE`] frames it has not taken yet, so a slow
+    /// encoder slows the loop instead of growing memory.
+    pub fn push(&mut self, rgb: &[u8]) -> Result<()> {
+        let (w, h) = (self.width as usize, self.height as usize);
+        assert_eq!(rgb.len(), w * h * 3, "a frame of the feed's size");
+        let api = self.launched.api;
+        let stride = rgb_stride(w);
+        let size = stride * h;
+        let waited = std::time::Instant::now();
+        // SAFETY: the element is the appsrc named SOURCE.
+        while unsafe { (api.app_src_get_current_level_bytes)(self.launched.element) } as usize
+            >= FEED_QUEUE * size
+        {
+            if let Some(why) = self.launched.bus_error() {
+                bail!("output {}: {why}", self.shown);
+            }
+            if waited.elapsed() > FEED_STALL {
+                bail!("output {}: the pipeline took no frame for {} s", self.shown, FEED_STALL.as_secs());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        if let Some(why) = self.launched.bus_error() {
+            bail!("output {}: {why}", self.shown);
+        }
+        let now = std::time::Instant::now();
+        let pts = now - *self.first.get_or_insert(now);
+        // The frame lasts as long as the gap before it (a muxer needs the
+        // last one's duration); the first, a thirtieth of a second.
+        let duration =
+            self.last_pts.map_or(Duration::from_millis(33), |last| pts - last).max(Duration::from_millis(1));
+        self.last_pts = Some(pts);
+        // SAFETY: a new buffer of `size` bytes we own until pushed; it is
+        // filled row by row within its size; its timestamps are set through
+        // the fields GStreamer's own macros write; push takes it.
+        unsafe {
+            let buffer = (api.buffer_new_allocate)(std::ptr::null_mut(), size, std::ptr::null_mut());
+            if buffer.is_null() {
+                bail!("output {}: cannot allocate a {size}-byte buffer", self.shown);
+            }
+            for (y, row) in rgb.chunks_exact(w * 3).enumerate() {
+                (api.buffer_fill)(buffer, y * stride, row.as_ptr().cast(), row.len());
+            }
+            let head = buffer.cast::<BufferHead>();
+            (*head).pts = pts.as_nanos() as u64;
+            (*head).dts = u64::MAX;
+            (*head).duration = duration.as_nanos() as u64;
+            if (api.app_src_push_buffer)(self.launched.element, buffer) != FLOW_OK {
+                let why = self.launched.bus_error().unwrap_or_else(|| "the pipeline refused a frame".into());
+                bail!("output {}: {why}", self.shown);
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends the stream and waits, up to `wait`, for the pipeline to finish
+    /// with it (a muxer writes its index then).
+    pub fn finish(&mut self, wait: Duration) -> Result<()> {
+        if std::mem::replace(&mut self.finished, true) {
+            return Ok(());
+        }
+        // SAFETY: the element is the appsrc named SOURCE.
+        unsafe { (self.launched.api.app_src_end_of_stream)(self.launched.element) };
+        match self.launched.bus_wait(wait, true) {
+            Some(Ok(())) => Ok(()),
+            Some(Err(why)) => bail!("output {}: {why}", self.shown),
+            None => bail!("output {}: the pipeline did not finish within {} s", self.shown, wait.as_secs()),
+        }
     }
 }
 
@@ -370,22 +604,6 @@ fn failing_element(debug: &str) -> Option<&str> {
     let at = debug.find("/GstPipeline:")?;
     let path = debug[at..].split(['\n', ' ']).next()?.trim_end_matches(':');
     path.rsplit('/').next()?.split_once(':').map(|(_, name)| name).filter(|n| !n.is_empty())
-}
-
-impl Drop for Pipeline {
-    fn drop(&mut self) {
-        self.stop();
-        // SAFETY: each reference this Pipeline took is released once.
-        unsafe {
-            if !self.sink.is_null() {
-                (self.api.object_unref)(self.sink);
-            }
-            if !self.bus.is_null() {
-                (self.api.object_unref)(self.bus);
-            }
-            (self.api.object_unref)(self.pipeline);
-        }
-    }
 }
 
 #[cfg(test)]

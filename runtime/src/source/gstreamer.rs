@@ -14,17 +14,21 @@
 //! of stream ends them (or starts the next pass with `--input-loop`).
 //! Cameras and streams are live: the sink keeps only the newest frame, and
 //! one that fails or ends (camera unplugged, server gone) is reopened with
-//! the backoff V4L2 cameras have, 100 ms doubling to 5 s. An RTSP URL's
-//! credentials never appear in a message.
+//! the backoff V4L2 cameras have, 100 ms doubling to 5 s, once it has
+//! given a first frame (one that stalls for [`STALL_TIMEOUT`] counts as
+//! lost): one that gives none within [`FIRST_FRAME_TIMEOUT`]
+//! of the start (a camera that is not there, a server that refuses) is an
+//! error naming the last reason. An RTSP URL's credentials never appear in
+//! a message or a log.
 
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
 use super::camera::{FIRST_BACKOFF, MAX_BACKOFF};
 use super::{Capture, Pacer, Repeat, Source, MAX_WAIT};
-use crate::gst::{Pipeline, Pulled};
+use crate::gst::{quoted, Pipeline, Pulled};
 use crate::preprocess::{Image, PixelFormat};
 
 /// The file extensions read as video through GStreamer.
@@ -46,48 +50,47 @@ fn tail(live: bool) -> String {
 pub(super) struct Description {
     pub(super) pipeline: String,
     pub(super) shown: String,
+    /// The pipeline as logs show it: an RTSP URL without its credentials.
+    pub(super) logged: String,
     pub(super) live: bool,
 }
 
-/// A quoted property value for a pipeline description.
-fn quoted(value: &str) -> String {
-    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+impl Description {
+    fn new(pipeline: String, shown: String, live: bool) -> Description {
+        Description { logged: pipeline.clone(), pipeline, shown, live }
+    }
 }
 
 pub(super) fn video_file(path: &str) -> Description {
-    Description {
-        pipeline: format!("filesrc location={} ! decodebin{}", quoted(path), tail(false)),
-        shown: format!("file://{path}"),
-        live: false,
-    }
+    Description::new(
+        format!("filesrc location={} ! decodebin{}", quoted(path), tail(false)),
+        format!("file://{path}"),
+        false,
+    )
 }
 
 pub(super) fn csi(sensor: u32, width: u32, height: u32, rate: f64) -> Description {
     let rate = if rate > 0.0 { rate.round().max(1.0) as u32 } else { 30 };
-    Description {
-        pipeline: format!(
+    Description::new(
+        format!(
             "nvarguscamerasrc sensor-id={sensor} ! video/x-raw(memory:NVMM),width={width},height={height},framerate={rate}/1 ! nvvidconv{}",
             tail(true)
         ),
-        shown: format!("csi://{sensor}"),
-        live: true,
-    }
+        format!("csi://{sensor}"),
+        true,
+    )
 }
 
 pub(super) fn rtsp(url: &str, latency_ms: u32) -> Description {
-    Description {
-        pipeline: format!("rtspsrc location={} latency={latency_ms} ! decodebin{}", quoted(url), tail(true)),
-        shown: without_credentials(url),
-        live: true,
-    }
+    let pipeline = |location: &str| {
+        format!("rtspsrc location={} latency={latency_ms} ! decodebin{}", quoted(location), tail(true))
+    };
+    let shown = without_credentials(url);
+    Description { pipeline: pipeline(url), logged: pipeline(&shown), shown, live: true }
 }
 
 pub(super) fn custom(pipeline: &str) -> Description {
-    Description {
-        pipeline: format!("{pipeline}{}", tail(false)),
-        shown: format!("gst://{pipeline}"),
-        live: false,
-    }
+    Description::new(format!("{pipeline}{}", tail(false)), format!("gst://{pipeline}"), false)
 }
 
 /// `rtsp://user:pass@host/path` as `rtsp://host/path`.
@@ -100,10 +103,24 @@ pub(super) fn without_credentials(url: &str) -> String {
     }
 }
 
+/// How long a live source has to give its first frame.
+pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live source that gives no frame for this long is reopened (a server
+/// gone without a word stalls a stream rather than ending it).
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Frames from a GStreamer pipeline.
 pub(super) struct GstSource {
     description: Description,
     pipeline: Option<Pipeline>,
+    started: Instant,
+    /// A frame has arrived since the start.
+    delivered: bool,
+    /// When the last frame arrived, or the pipeline (re)started.
+    last_frame: Instant,
+    /// Why the last open or stream of a live source failed.
+    last_failure: Option<String>,
     repeat: Repeat,
     pacer: Pacer,
     /// Frames of this pass (files) or since the last (re)open (live).
@@ -119,9 +136,14 @@ impl GstSource {
     pub(super) fn open(description: Description, repeat: Repeat, pacer: Pacer) -> Result<GstSource> {
         let pipeline = Pipeline::start(&description.pipeline, &description.shown)?;
         log::info!("{}: started", description.shown);
+        log::debug!("{}: pipeline {}", description.shown, description.logged);
         Ok(GstSource {
             description,
             pipeline: Some(pipeline),
+            started: Instant::now(),
+            delivered: false,
+            last_frame: Instant::now(),
+            last_failure: None,
             repeat,
             pacer,
             frames: 0,
@@ -144,6 +166,7 @@ impl GstSource {
                 log::info!("{}: reopened", self.description.shown);
                 self.pipeline = Some(p);
                 self.frames = 0;
+                self.last_frame = Instant::now();
             }
             Err(e) => self.fail(&format!("{e:#}")),
         }
@@ -151,6 +174,7 @@ impl GstSource {
 
     /// A live source lost: log, back off, reopen later.
     fn fail(&mut self, why: &str) {
+        self.last_failure = Some(why.to_string());
         self.backoff = if self.frames > 0 { FIRST_BACKOFF } else { (self.backoff * 2).min(MAX_BACKOFF) };
         log::warn!("{}: {why}; reopening in {} ms", self.description.shown, self.backoff.as_millis());
         self.pipeline = None;
@@ -163,6 +187,14 @@ impl Source for GstSource {
         if self.ended {
             return Ok(Capture::End);
         }
+        if self.description.live && !self.delivered && self.started.elapsed() > FIRST_FRAME_TIMEOUT {
+            let why = self.last_failure.as_deref().map_or(String::new(), |w| format!(": {w}"));
+            bail!(
+                "input {}: no frame within {} s{why}",
+                self.description.shown,
+                FIRST_FRAME_TIMEOUT.as_secs()
+            );
+        }
         if self.pipeline.is_none() {
             self.reopen();
             return Ok(Capture::NotYet);
@@ -174,8 +206,14 @@ impl Source for GstSource {
         match pulled {
             Ok(Pulled::Frame(width, height, data)) => {
                 self.frames += 1;
+                self.delivered = true;
+                self.last_frame = Instant::now();
                 self.size = Some((width, height));
                 Ok(Capture::Frame(Image { width, height, format: PixelFormat::Rgb8, data }))
+            }
+            Ok(Pulled::Nothing) if self.description.live && self.last_frame.elapsed() > STALL_TIMEOUT => {
+                self.fail(&format!("no frame for {} s", STALL_TIMEOUT.as_secs()));
+                Ok(Capture::NotYet)
             }
             Ok(Pulled::Nothing) => Ok(Capture::NotYet),
             Ok(Pulled::End) if self.description.live => {
@@ -238,6 +276,10 @@ mod tests {
             "rtspsrc location=\"rtsp://admin:s3cret@10.0.0.9:8554/cam\" latency=200 ! decodebin"
         ));
         assert_eq!(stream.shown, "rtsp://10.0.0.9:8554/cam");
+        assert!(stream
+            .logged
+            .starts_with("rtspsrc location=\"rtsp://10.0.0.9:8554/cam\" latency=200 ! decodebin"));
+        assert_eq!(file.logged, file.pipeline);
         assert!(custom("videotestsrc num-buffers=3")
             .pipeline
             .starts_with("videotestsrc num-buffers=3 ! videoconvert"));
