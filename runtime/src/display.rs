@@ -1,6 +1,6 @@
 //! Where frames go: each frame is scaled onto a canvas, the overlay is drawn
 //! on top, and the canvas is shown on a Linux framebuffer, written as PNG
-//! snapshots, or dropped.
+//! snapshots, served to browsers, fed to GStreamer, or dropped.
 //!
 //! Outputs are chosen by URI ([`open`]):
 //!
@@ -8,6 +8,9 @@
 //! |---|---|---|
 //! | `fb:///dev/fb0` (`fb://` alone means `/dev/fb0`) | a Linux framebuffer, 16 or 32 bits per pixel | the device's visible resolution |
 //! | `png://DIR` | `DIR/frame-000001.png`, `frame-000002.png`, ... one per `--output-every` frames | `--output-width` x `--output-height` |
+//! | `http://ADDR:PORT/` | a live view: page, MJPEG stream, `/stats.json`, `/metrics` ([`http`]) | `--output-width` x `--output-height` |
+//! | `gst://PIPELINE` | a GStreamer pipeline starting with `appsrc name=edgevit` ([`gstreamer`]) | `--output-width` x `--output-height` |
+//! | `file://NAME.mp4` (`.mkv`, `.mov`) | an H.264 recording through GStreamer | `--output-width` x `--output-height` |
 //! | `null://` | nothing: rendering and presenting cost nothing | none |
 //!
 //! Scaling: the frame keeps its aspect ratio and is centered, with black
@@ -18,6 +21,8 @@
 //! Gray frames are shown as gray RGB.
 
 mod fb;
+mod gstreamer;
+mod http;
 mod png;
 
 use std::convert::Infallible;
@@ -26,13 +31,17 @@ use std::path::Path;
 use anyhow::{bail, Result};
 use embedded_graphics::pixelcolor::Rgb888;
 use embedded_graphics::prelude::*;
+use embedded_graphics::primitives::Rectangle;
 use image::codecs::png::{CompressionType, FilterType, PngEncoder};
 use image::{ExtendedColorType, ImageEncoder};
 
 pub use fb::Framebuffer;
+pub use gstreamer::GstOutput;
+pub use http::HttpOutput;
 pub use png::PngSnapshots;
 
 use crate::overlay::OverlayContent;
+use crate::pipeline::{Histogram, Stats};
 use crate::preprocess::{Image, PixelFormat};
 
 /// Largest canvas side accepted for `png://` output.
@@ -54,11 +63,14 @@ pub struct DisplayArgs {
     /// Keep one `png://` snapshot every N frames, from the first; files are numbered without gaps.
     #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
     pub output_every: u32,
+    /// Most frames per second an `http://` output encodes and streams.
+    #[arg(long, value_name = "FPS", default_value_t = 15, value_parser = clap::value_parser!(u32).range(1..=120))]
+    pub output_fps: u32,
 }
 
 impl Default for DisplayArgs {
     fn default() -> Self {
-        DisplayArgs { output_width: 640, output_height: 480, output_every: 1 }
+        DisplayArgs { output_width: 640, output_height: 480, output_every: 1, output_fps: 15 }
     }
 }
 
@@ -70,12 +82,24 @@ pub trait Display: Send {
     /// Makes the last rendered canvas visible: copies it to the framebuffer,
     /// or writes the PNG snapshot when this frame is one to keep.
     fn present(&mut self) -> Result<()>;
+    /// Sees the loop's counters after each frame (for outputs that show them).
+    fn observe(&mut self, _stats: &Stats) {}
+    /// A stage of the output's own, off the loop, for `run --profile`.
+    fn profile(&self) -> Option<(&'static str, Histogram)> {
+        None
+    }
+    /// Ends the output when the run ends: a recording is finished and
+    /// renamed into place. Dropping without it abandons the output.
+    fn finish(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// One line for logs: URI, size, pixel format.
     fn describe(&self) -> String;
 }
 
 /// Opens the output named by `uri`: `fb://DEVICE`, `png://DIR` (created if
-/// missing) or `null://`.
+/// missing), `http://ADDR:PORT/`, `gst://PIPELINE`, `file://NAME.mp4` or
+/// `null://`.
 pub fn open(uri: &str, args: &DisplayArgs) -> Result<Box<dyn Display>> {
     let side = 1..=MAX_CANVAS_SIDE;
     if !side.contains(&args.output_width) || !side.contains(&args.output_height) {
@@ -98,13 +122,28 @@ pub fn open(uri: &str, args: &DisplayArgs) -> Result<Box<dyn Display>> {
         }
         return Ok(Box::new(PngSnapshots::create(Path::new(dir), args)?));
     }
+    if uri.starts_with("http://") {
+        return Ok(Box::new(HttpOutput::open(uri, args)?));
+    }
+    if let Some(pipeline) = uri.strip_prefix("gst://") {
+        if pipeline.trim().is_empty() {
+            bail!("output URI {uri}: expected a pipeline after gst://, e.g. gst://appsrc name=edgevit ! videoconvert ! autovideosink");
+        }
+        return Ok(Box::new(GstOutput::pipeline(pipeline, args)?));
+    }
+    if let Some(path) = uri.strip_prefix("file://") {
+        if path.is_empty() {
+            bail!("output URI {uri}: expected a file after file://, e.g. file://out.mp4");
+        }
+        return Ok(Box::new(GstOutput::record(Path::new(path), args)?));
+    }
     if let Some(rest) = uri.strip_prefix("null://") {
         if !rest.is_empty() {
             bail!("output URI {uri}: null:// takes no path");
         }
         return Ok(Box::new(Null));
     }
-    bail!("output URI {uri}: expected fb://, png:// or null://")
+    bail!("output URI {uri}: expected fb://, png://, http://, gst://, file:// or null://")
 }
 
 /// `null://`: drops every frame without drawing it.
@@ -149,7 +188,6 @@ impl Canvas {
     }
 
     /// The pixels, RGB, rows packed.
-    #[cfg(test)]
     pub fn data(&self) -> &[u8] {
         &self.data
     }
@@ -209,6 +247,16 @@ impl DrawTarget for Canvas {
         }
         Ok(())
     }
+
+    /// Row by row, not pixel by pixel: the overlay's boxes are most of its pixels.
+    fn fill_solid(&mut self, area: &Rectangle, color: Rgb888) -> Result<(), Infallible> {
+        let area = area.intersection(&self.bounding_box());
+        if area.size.width > 0 && area.size.height > 0 {
+            let (x, y) = (area.top_left.x as u32, area.top_left.y as u32);
+            self.fill_rect(x, y, area.size.width, area.size.height, color);
+        }
+        Ok(())
+    }
 }
 
 /// Row access for the frame scaler; callers stay in bounds.
@@ -220,6 +268,10 @@ pub(crate) trait Raster {
     fn copy_row(&mut self, x0: u32, width: u32, from: u32, to: u32);
     /// Sets a `width x height` rectangle at `(x0, y0)` to `color`.
     fn fill_rect(&mut self, x0: u32, y0: u32, width: u32, height: u32, color: Rgb888);
+    /// Sets pixels `x0..` of line `y` to the RGB triples of `rgb`.
+    fn write_rgb_row(&mut self, x0: u32, y: u32, rgb: &[u8]) {
+        self.write_row(x0, y, rgb.chunks_exact(3).map(|p| Rgb888::new(p[0], p[1], p[2])));
+    }
 }
 
 impl Raster for Canvas {
@@ -241,9 +293,18 @@ impl Raster for Canvas {
     }
 
     fn fill_rect(&mut self, x0: u32, y0: u32, width: u32, height: u32, color: Rgb888) {
+        let rgb = [color.r(), color.g(), color.b()];
         for y in y0..y0 + height {
-            self.write_row(x0, y, std::iter::repeat_n(color, width as usize));
+            let start = (y as usize * self.width as usize + x0 as usize) * 3;
+            for px in self.data[start..start + width as usize * 3].chunks_exact_mut(3) {
+                px.copy_from_slice(&rgb);
+            }
         }
+    }
+
+    fn write_rgb_row(&mut self, x0: u32, y: u32, rgb: &[u8]) {
+        let start = (y as usize * self.width as usize + x0 as usize) * 3;
+        self.data[start..start + rgb.len()].copy_from_slice(rgb);
     }
 }
 
@@ -329,6 +390,8 @@ pub(crate) fn letterbox<R: Raster>(dst: &mut R, frame: &Image) -> Result<()> {
             PixelFormat::Gray8 => {
                 dst.write_row(p.x, y, columns.iter().map(|&sx| Rgb888::new(row[sx], row[sx], row[sx])))
             }
+            // Same width: the row as it is.
+            PixelFormat::Rgb8 if p.width == fw => dst.write_rgb_row(p.x, y, row),
             PixelFormat::Rgb8 => dst.write_row(p.x, y, columns.iter().map(|&sx| rgb(&row[sx..sx + 3]))),
         }
     }
@@ -427,6 +490,20 @@ mod tests {
         assert_eq!(canvas.data(), [0, 0, 0, 0, 0, 0, 0, 0, 0, 255, 255, 255]);
     }
 
+    #[test]
+    fn solid_fills_are_clipped_to_the_canvas() {
+        let mut canvas = Canvas::new(3, 2);
+        let white = Rgb888::WHITE;
+        let Ok(()) = canvas.fill_solid(&Rectangle::new(Point::new(-5, 1), Size::new(7, 9)), white);
+        let Ok(()) = canvas.fill_solid(&Rectangle::new(Point::new(9, 9), Size::new(2, 2)), white);
+        let Ok(()) = canvas.fill_solid(&Rectangle::new(Point::new(-9, -9), Size::new(2, 2)), white);
+        let expected: Vec<Rgb888> =
+            [Rgb888::BLACK; 3].into_iter().chain([white, white, Rgb888::BLACK]).collect();
+        let got: Vec<Rgb888> =
+            (0..2).flat_map(|y| (0..3).map(move |x| (x, y))).map(|(x, y)| canvas.pixel(x, y)).collect();
+        assert_eq!(got, expected);
+    }
+
     fn error(uri: &str, args: &DisplayArgs) -> String {
         format!("{:#}", open(uri, args).err().expect("open should fail"))
     }
@@ -434,8 +511,11 @@ mod tests {
     #[test]
     fn unknown_schemes_are_one_clear_error() {
         let args = DisplayArgs::default();
-        for uri in ["http://x", "/dev/fb0", "", "PNG://x"] {
-            assert_eq!(error(uri, &args), format!("output URI {uri}: expected fb://, png:// or null://"));
+        for uri in ["https://x", "/dev/fb0", "", "PNG://x"] {
+            assert_eq!(
+                error(uri, &args),
+                format!("output URI {uri}: expected fb://, png://, http://, gst://, file:// or null://")
+            );
         }
         assert_eq!(
             error("png://", &args),
@@ -493,7 +573,10 @@ mod tests {
         assert_eq!(parse(&[]).unwrap(), DisplayArgs::default());
         let args =
             parse(&["--output-width", "320", "--output-height", "240", "--output-every", "2"]).unwrap();
-        assert_eq!(args, DisplayArgs { output_width: 320, output_height: 240, output_every: 2 });
+        assert_eq!(
+            args,
+            DisplayArgs { output_width: 320, output_height: 240, output_every: 2, ..DisplayArgs::default() }
+        );
         assert!(parse(&["--output-every", "0"]).is_err());
         assert!(parse(&["--output-width", "16385"]).is_err());
     }
@@ -502,7 +585,8 @@ mod tests {
     fn png_snapshots_end_to_end() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("out").join("snapshots");
-        let args = DisplayArgs { output_width: 320, output_height: 240, output_every: 2 };
+        let args =
+            DisplayArgs { output_width: 320, output_height: 240, output_every: 2, ..DisplayArgs::default() };
         let mut d = open(&format!("png://{}", dir.display()), &args).unwrap();
         assert_eq!(d.describe(), format!("png://{} (320x240, 1 frame in 2)", dir.display()));
         let frame = gray(4, 3, &[128; 12]);

@@ -30,6 +30,17 @@ pub struct Frame {
     pub image: Image,
     /// 0-based capture index; gaps are dropped frames.
     pub index: u64,
+    /// CPU time the capture thread spent on it since the frame before.
+    pub capture_cpu: Duration,
+}
+
+/// CPU time this thread has used.
+fn thread_cpu() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec; this clock exists on every
+    // Linux this runs on, and a failure leaves it zero.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 #[derive(Default)]
@@ -111,13 +122,17 @@ impl Slot {
 pub fn capture(mut source: Box<dyn Source>, slot: &Slot, stop: &AtomicBool) {
     let live = source.is_live();
     let mut index = 0;
+    let mut spent = thread_cpu();
     let error = loop {
         if stop.load(Ordering::Relaxed) {
             break None;
         }
         match source.capture() {
             Ok(Capture::Frame(image)) => {
-                slot.put(Frame { image, index }, live, stop);
+                let now = thread_cpu();
+                let capture_cpu = now.saturating_sub(spent);
+                spent = now;
+                slot.put(Frame { image, index, capture_cpu }, live, stop);
                 index += 1;
             }
             Ok(Capture::NotYet) => {}
@@ -137,6 +152,8 @@ pub const STAGES: [&str; 5] = ["Preprocess", "Network", "Postprocess", "Overlay"
 pub struct Histogram {
     bins: Vec<u64>,
     count: u64,
+    /// Of all recorded durations, in seconds.
+    sum: f64,
 }
 
 const BIN_BASE: f64 = 1.02;
@@ -144,7 +161,7 @@ const BINS: usize = 1400;
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { bins: vec![0; BINS], count: 0 }
+        Histogram { bins: vec![0; BINS], count: 0, sum: 0.0 }
     }
 }
 
@@ -154,6 +171,28 @@ impl Histogram {
         let bin = if us <= 1.0 { 0 } else { (us.ln() / BIN_BASE.ln()) as usize + 1 };
         self.bins[bin.min(BINS - 1)] += 1;
         self.count += 1;
+        self.sum += d.as_secs_f64();
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The sum of the recorded durations, in seconds.
+    pub fn sum_seconds(&self) -> f64 {
+        self.sum
+    }
+
+    /// How many durations were at most `seconds`, to the bins' 2%: those
+    /// of the bins whose upper edge is not above it.
+    pub fn count_at_most(&self, seconds: f64) -> u64 {
+        let us = seconds * 1e6;
+        self.bins
+            .iter()
+            .enumerate()
+            .take_while(|(bin, _)| BIN_BASE.powi(*bin as i32) <= us)
+            .map(|(_, &n)| n)
+            .sum()
     }
 
     /// The `q` quantile (0..=1) as the upper edge of its bin, in ms.
@@ -167,11 +206,6 @@ impl Histogram {
             }
         }
         0.0
-    }
-
-    #[cfg(test)]
-    pub fn count(&self) -> u64 {
-        self.count
     }
 }
 
@@ -233,6 +267,11 @@ pub struct Stats {
     /// From the loop's start to its last frame (to its end, once finished).
     pub seconds: f64,
     pub stages: [Histogram; 5],
+    /// The capture thread's CPU time per frame (decoding a file, converting
+    /// a camera's pixels, copying a GStreamer frame out).
+    pub capture: Histogram,
+    /// The output's own stage, off the loop (the JPEG encoder of `http://`).
+    pub output_stage: Option<(&'static str, Histogram)>,
     /// Frames per second, smoothed over the last few frames.
     live_fps: f32,
     start: Instant,
@@ -240,13 +279,15 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn new() -> Stats {
+    pub(crate) fn new() -> Stats {
         let now = Instant::now();
         Stats {
             frames: 0,
             dropped: 0,
             seconds: 0.0,
             stages: Default::default(),
+            capture: Histogram::default(),
+            output_stage: None,
             live_fps: 0.0,
             start: now,
             last: now,
@@ -276,6 +317,18 @@ impl Stats {
         let mut s = format!("{:<12} {:>10} {:>10}\n", "stage", "p50 ms", "p99 ms");
         for (name, h) in STAGES.iter().zip(&self.stages) {
             s += &format!("{name:<12} {:>10.3} {:>10.3}\n", h.quantile_ms(0.5), h.quantile_ms(0.99));
+        }
+        let off_loop = [
+            Some(("Capture", &self.capture, "capture thread CPU")),
+            self.output_stage.as_ref().map(|(n, h)| (*n, h, "output thread")),
+        ];
+        for (name, h, what) in off_loop.into_iter().flatten().filter(|(_, h, _)| h.count() > 0) {
+            s += &format!(
+                "{name:<12} {:>10.3} {:>10.3}   ({what}, {} frames)\n",
+                h.quantile_ms(0.5),
+                h.quantile_ms(0.99),
+                h.count()
+            );
         }
         s
     }
@@ -367,9 +420,10 @@ fn overlay_and_present(
 fn report(
     out: &mut dyn Write,
     engine: &Engine,
+    display: &dyn Display,
     frame: &Frame,
     classifier: &Classifier,
-    stats: &Stats,
+    stats: &mut Stats,
     opts: &LoopOptions,
 ) -> Result<()> {
     if opts.json {
@@ -385,6 +439,7 @@ fn report(
         writeln!(out, "{}", serde_json::to_string(&prediction)?)?;
     }
     if let Some(every) = opts.profile_every.filter(|&n| n > 0 && stats.frames.is_multiple_of(n)) {
+        stats.output_stage = display.profile();
         writeln!(out, "after {every} frames:\n{}", stats.table())?;
     }
     Ok(())
@@ -412,9 +467,11 @@ pub fn consume(
         let shown = Instant::now();
         stats
             .record([input - taken, network - input, ranked - network, shown - ranked, shown - taken], shown);
+        stats.capture.record(frame.capture_cpu);
         crate::watchdog::alive();
         stats.dropped = slot.dropped();
-        report(out, engine, &frame, &classifier, &stats, opts)?;
+        display.observe(&stats);
+        report(out, engine, display, &frame, &classifier, &mut stats, opts)?;
         if opts.max_frames.is_some_and(|m| stats.frames >= m) {
             stop.store(true, Ordering::Relaxed);
             break;
@@ -422,6 +479,7 @@ pub fn consume(
     }
     stats.dropped = slot.dropped();
     stats.seconds = stats.start.elapsed().as_secs_f64();
+    stats.output_stage = display.profile();
     Ok(stats)
 }
 
@@ -437,8 +495,8 @@ fn release_free_memory() {
     }
 }
 
-/// Opens the pieces and runs the loop: capture thread plus consumer.
-/// SIGINT and SIGTERM stop it cleanly.
+/// Opens the pieces and runs the loop: capture thread plus consumer, then
+/// finishes the output. SIGINT and SIGTERM stop it cleanly.
 pub fn run(
     source: Box<dyn Source>,
     engine: &mut Engine,
@@ -462,7 +520,12 @@ pub fn run(
     let result = consume(engine, display, &slot, &stop, opts, updates, out);
     stop.store(true, Ordering::Relaxed);
     let _ = producer.join();
-    result
+    // What was shown so far is kept (a recording is finished) even when
+    // the source failed; the source's error comes first.
+    let finished = display.finish();
+    let stats = result?;
+    finished?;
+    Ok(stats)
 }
 
 #[cfg(test)]
@@ -471,7 +534,8 @@ mod tests {
     use crate::preprocess::PixelFormat;
 
     fn frame(index: u64) -> Frame {
-        Frame { image: Image { width: 1, height: 1, format: PixelFormat::Gray8, data: vec![0] }, index }
+        let image = Image { width: 1, height: 1, format: PixelFormat::Gray8, data: vec![0] };
+        Frame { image, index, capture_cpu: Duration::ZERO }
     }
 
     #[test]

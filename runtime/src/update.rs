@@ -21,7 +21,8 @@ pub mod transport;
 
 use std::path::PathBuf;
 use std::sync::mpsc::{sync_channel, Receiver, TrySendError};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result};
 use rand_core::{OsRng, RngCore};
@@ -167,6 +168,28 @@ impl RunUpdateArgs {
     }
 }
 
+/// The outcome of the running loop's last update check, for its status
+/// pages: when (seconds since the Unix epoch), whether it succeeded, and
+/// the line the log got.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LastCheck {
+    pub at: i64,
+    pub ok: bool,
+    pub result: String,
+}
+
+static LAST_CHECK: Mutex<Option<LastCheck>> = Mutex::new(None);
+
+/// The last check [`poll`] made in this process, if any.
+pub fn last_check() -> Option<LastCheck> {
+    LAST_CHECK.lock().expect("last check lock").clone()
+}
+
+fn record_check(ok: bool, result: String) {
+    let at = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
+    *LAST_CHECK.lock().expect("last check lock") = Some(LastCheck { at, ok, result });
+}
+
 /// Polls the channel in the background: the first check within a tenth of
 /// `interval`, then one every `interval`, each wait jittered by up to 10%
 /// either way so that a fleet does not poll in step. Each new version this
@@ -190,13 +213,20 @@ pub fn poll(dir: StateDir, options: agent::UpdateOptions, interval: Duration) ->
                 match agent::apply(&dir, &options) {
                     Ok(agent::Applied::Installed(installed)) => {
                         log::info!("update: {installed}");
+                        record_check(true, installed.to_string());
                         match tx.try_send(installed.engine) {
                             Ok(()) | Err(TrySendError::Full(_)) => {}
                             Err(TrySendError::Disconnected(_)) => return,
                         }
                     }
-                    Ok(agent::Applied::Nothing(offer)) => log::debug!("update: {offer}"),
-                    Err(e) => log::warn!("update: {e:#}"),
+                    Ok(agent::Applied::Nothing(offer)) => {
+                        log::debug!("update: {offer}");
+                        record_check(true, offer.to_string());
+                    }
+                    Err(e) => {
+                        log::warn!("update: {e:#}");
+                        record_check(false, format!("{e:#}"));
+                    }
                 }
             }
         })

@@ -19,11 +19,16 @@ pub struct RunArgs {
     /// `file://clip.y4m`, `pattern://`; through GStreamer, loaded when needed:
     /// `file://clip.mp4` (.mkv, .avi, .mov, .webm), `csi://0`,
     /// `rtsp://[user:pass@]host[:port]/path`, `gst://PIPELINE` (raw video out).
+    /// A live one gives its first frame within 10 s or fails.
     /// Default: `/dev/video0` when it exists.
     #[arg(value_name = "INPUT_URI")]
     pub input: Option<String>,
-    /// Where results are shown: `fb:///dev/fb0`, `png://DIR`, `null://`. Default:
-    /// the framebuffer when it exists, else PNGs in `out/run/`.
+    /// Where results are shown: `fb:///dev/fb0`, `png://DIR`, `null://`;
+    /// `http://ADDR:PORT/`, a live view (page, `/stream.mjpg`, `/stats.json`,
+    /// `/metrics`; `127.0.0.1` for this machine only); through GStreamer:
+    /// `file://out.mp4` (.mkv, .mov) records, `gst://appsrc name=edgevit ! ...`
+    /// feeds any pipeline. Default: the framebuffer when it exists, else PNGs
+    /// in `out/run/`.
     #[arg(value_name = "OUTPUT_URI")]
     pub output: Option<String>,
     /// Show nothing (`null://`), only classify.
