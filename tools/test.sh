@@ -7,14 +7,16 @@ cd "$(dirname "$0")/.."
 
 # Debian packages: the data set the accuracy tests read, nginx, the static
 # web server the update tests publish channels on, qemu with the arm64
-# C library, under which the firmware test runs an image's binary, and
-# GStreamer with the plugins the video-file tests encode and decode with
-# (edgevit opens it at run time; the tests make their clips with
-# gst-launch-1.0). Nothing
+# C library, under which the firmware test runs an image's binary,
+# GStreamer with the plugins the video tests encode, decode and stream
+# with (edgevit opens it at run time; the tests make their clips with
+# gst-launch-1.0) and its RTSP server for Python (tools/rtsp-server.py),
+# and Chromium, the browser the live view's page is tested in. Nothing
 # here is needed to build: no crate of the workspace compiles against system
 # headers or libraries.
 packages=(dataset-fashion-mnist nginx qemu-user-static libc6-arm64-cross libgcc-s1-arm64-cross
-  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-libav)
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  gstreamer1.0-plugins-ugly gstreamer1.0-libav gir1.2-gst-rtsp-server-1.0 python3-gi chromium)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -30,6 +32,12 @@ fi
 # zig, cargo-zigbuild and the aarch64 standard library, with which the
 # firmware test cross-compiles images (tools/tests/firmware_build.rs).
 tools/cross-setup.sh aarch64-unknown-linux-gnu
+
+# Prometheus' Python client, whose parser reads the live view's /metrics
+# (tests/tests/http.rs), pinned, in the same .venv/.
+prometheus_wheel=prometheus_client==0.26.0
+.venv/bin/python -m pip list --format=freeze 2>/dev/null | grep -qixF "$prometheus_wheel" ||
+  .venv/bin/python -m pip install -q --disable-pip-version-check "$prometheus_wheel"
 
 # NVRTC, the CUDA runtime and CCCL headers, and ptxas, with which
 # kernels/tests/nvrtc.rs compiles every kernels/cuda/*.cu to PTX for every

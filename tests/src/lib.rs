@@ -205,3 +205,114 @@ pub fn samples() -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+/// The resident memory of process `pid`, in bytes (0 once it has gone).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits up to `within` for something to listen on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, within: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// An `edgevit` run in the background, killed when dropped. Its stdout
+/// lines arrive on `lines`; its stderr is kept for [`Background::finish`].
+pub struct Background {
+    pub child: std::process::Child,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Background {
+    /// Starts `edgevit` with `args` (and `RUST_LOG=error` unless `env` sets it).
+    pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Background {
+        use std::io::{BufRead, Read};
+        use std::process::Stdio;
+        let mut child = without_proxies(&mut Command::new(binary()))
+            .args(args)
+            .current_dir(root())
+            .env("RUST_LOG", "error")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start edgevit");
+        let (tx, lines) = std::sync::mpsc::channel();
+        let stdout = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut err = child.stderr.take().unwrap();
+        let stderr = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        Background { child, lines, stderr }
+    }
+
+    /// The process's resident memory, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        rss_bytes(self.child.id())
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        // SAFETY: a plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+    }
+
+    /// Waits for the exit: its code, the stdout lines not yet received, and stderr.
+    pub fn finish(mut self) -> Run {
+        let status = self.child.wait().unwrap();
+        let stdout: Vec<String> = self.lines.iter().collect();
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new)).join().unwrap();
+        Run { code: status.code(), stdout: stdout.join("\n"), stderr }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A GET (or any `method`) of `path` on 127.0.0.1:`port`, read to the end:
+/// the status line, the header lines and the body.
+pub fn http(port: u16, method: &str, path: &str) -> (String, Vec<String>, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("read the response");
+    let end = all.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&all[..end]).into_owned();
+    let mut lines = head.lines().map(String::from);
+    let status = lines.next().unwrap_or_default();
+    (status, lines.collect(), all[end + 4..].to_vec())
+}

@@ -19,6 +19,7 @@ mod gstreamer;
 mod half;
 mod hostile;
 mod house;
+mod http;
 mod preprocess;
 mod run;
 mod soak;

@@ -109,12 +109,6 @@ impl Source for Limited {
     }
 }
 
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() * 1024
-}
-
 /// A consumer far slower than the camera: the slot never holds more than
 /// one frame, the rest are counted as dropped, and memory stays flat.
 #[test]
@@ -125,7 +119,7 @@ fn a_slow_consumer_makes_capture_drop_not_queue() {
         Box::new(Limited { inner: edgevit::open_source("pattern://", &args).unwrap(), left: FRAMES });
     let slot = Arc::new(Slot::default());
     let stop = Arc::new(AtomicBool::new(false));
-    let rss_before = rss_bytes();
+    let rss_before = rss_bytes(std::process::id());
     let producer = {
         let (slot, stop) = (slot.clone(), stop.clone());
         std::thread::spawn(move || capture(source, &slot, &stop))
@@ -138,7 +132,7 @@ fn a_slow_consumer_makes_capture_drop_not_queue() {
     }
     producer.join().unwrap();
     stop.store(true, Ordering::Relaxed);
-    let growth = rss_bytes().saturating_sub(rss_before);
+    let growth = rss_bytes(std::process::id()).saturating_sub(rss_before);
     assert!(max_depth <= 1, "queue depth reached {max_depth}");
     assert_eq!(taken + slot.dropped(), FRAMES, "every frame is either taken or counted as dropped");
     assert!(slot.dropped() > taken, "taken {taken}, dropped {}", slot.dropped());

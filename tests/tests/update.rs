@@ -29,10 +29,6 @@ struct Nginx {
     child: Child,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Nginx {
     fn start() -> Nginx {
         Nginx::with_servers(&[])

@@ -352,7 +352,7 @@ fn proxies_from_the_environment_carry_requests_or_refuse_in_one_line() {
     assert!(!run.stderr.contains("pr0xy-s3cret"), "{}", run.stderr);
     assert_eq!(refusing.seen(), vec![tunnel]);
 
-    let gone = format!("http://127.0.0.1:{}", super::free_port());
+    let gone = format!("http://127.0.0.1:{}", free_port());
     let run = apply_with_env(&url, &["--ca", &ca], &[("HTTPS_PROXY", &gone)]);
     run.fails_with(&format!("(through proxy {gone})"));
     apply_with_env(&url, &[], &[("HTTPS_PROXY", "socks5://127.0.0.1:1080")]).fails_with(
