@@ -42,8 +42,8 @@ use crate::elf::{self, GlibcVersion, Needs};
 /// The cargo profile a firmware binary is built with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Profile {
-    /// Optimized dependencies, debug assertions on: the profile the tests
-    /// build, so an image costs one dependency build on a fresh machine.
+    /// Debug assertions on, dependencies at opt-level 1 (the host's dev
+    /// profile has 2): the quicker build, for tests and development images.
     Dev,
     /// Fully optimized: what ships.
     Release,
@@ -54,6 +54,16 @@ impl Profile {
         match self {
             Profile::Dev => "dev",
             Profile::Release => "release",
+        }
+    }
+
+    /// Settings over the workspace's profile. A cross build compiles every
+    /// dependency again for the board, none shared with the host's build:
+    /// a dev image's are optimized less, for the shorter build.
+    fn config(self) -> &'static [&'static str] {
+        match self {
+            Profile::Dev => &["profile.dev.package.\"*\".opt-level=1"],
+            Profile::Release => &[],
         }
     }
 
@@ -133,7 +143,9 @@ pub fn build(
         .args(["rustc", "--locked", "-p", "edgevit", "--bin", "edgevit", "--target", target])
         .arg("--target-dir")
         .arg(&target_dir)
-        .args(["--profile", profile.name(), "--"])
+        .args(["--profile", profile.name()])
+        .args(profile.config().iter().flat_map(|c| ["--config", c]))
+        .arg("--")
         .args(["-C", "strip=symbols"])
         .arg(format!("--cfg=edgevit_glibc=\"{floor}\""))
         .arg("--check-cfg=cfg(edgevit_glibc,values(any()))")
