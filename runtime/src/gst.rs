@@ -428,6 +428,7 @@ impl Pipeline {
         frame
     }
 
+    /// The RGB frame of `sample`, whose caps give its size.
     fn frame(&self, sample: *mut c_void) -> Result<Pulled> {
         let api = self.0.api;
         let (mut width, mut height) = (0, 0);
@@ -504,8 +505,11 @@ impl Feed {
             CString::new(format!("video/x-raw,format=RGB,width={width},height={height},framerate=0/1"))
                 .expect("no NUL");
         let launched = Launched::start(description, "output", shown, SOURCE, |api, src| {
-            // SAFETY: `src` is the element named SOURCE; an appsrc takes caps
-            // and a `format`; the caps are a new reference released here.
+            // SAFETY: `src` is the element named SOURCE, a valid object; an
+            // appsrc takes caps and a `format`, and on any other element
+            // GStreamer's own type checks make both calls warnings that do
+            // nothing (the push then fails, one line). The caps are a new
+            // reference, released here.
             unsafe {
                 (api.util_set_object_arg)(src, c"format".as_ptr(), c"time".as_ptr());
                 let caps = (api.caps_from_string)(caps.as_ptr());
