@@ -215,6 +215,14 @@ impl Canvas {
         }
     }
 
+    /// Draws `frame` letterboxed over the whole canvas and the overlay for
+    /// `content` on top: what every canvas output shows.
+    pub fn compose(&mut self, frame: &Image, content: &OverlayContent) -> Result<()> {
+        letterbox(self, frame)?;
+        let Ok(()) = crate::overlay::draw(self, content);
+        Ok(())
+    }
+
     /// Encodes the canvas as an RGB PNG into `out` (cleared first), favouring
     /// speed over size.
     pub fn encode_png(&self, out: &mut Vec<u8>) -> Result<()> {

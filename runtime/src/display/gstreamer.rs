@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use super::{letterbox, Canvas, Display, DisplayArgs};
+use super::{Canvas, Display, DisplayArgs};
 use crate::gst::{self, Feed};
-use crate::overlay::{self, OverlayContent};
+use crate::overlay::OverlayContent;
 use crate::preprocess::Image;
 
 /// The recording containers `file://` takes, and their muxers.
@@ -97,9 +97,7 @@ impl GstOutput {
 
 impl Display for GstOutput {
     fn render(&mut self, frame: &Image, content: &OverlayContent) -> Result<()> {
-        letterbox(&mut self.canvas, frame)?;
-        let Ok(()) = overlay::draw(&mut self.canvas, content);
-        Ok(())
+        self.canvas.compose(frame, content)
     }
 
     fn present(&mut self) -> Result<()> {

@@ -30,8 +30,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
-use super::{letterbox, Canvas, Display, DisplayArgs};
-use crate::overlay::{self, OverlayContent};
+use super::{Canvas, Display, DisplayArgs};
+use crate::overlay::OverlayContent;
 use crate::pipeline::{Histogram, Stats, STAGES};
 use crate::preprocess::Image;
 
@@ -233,8 +233,14 @@ impl Display for HttpOutput {
             }
             status.version = content.version;
             status.live_fps = content.fps;
-            status.top.clear();
-            status.top.extend(content.top.iter().map(|&(score, label)| (label.to_string(), score)));
+            // The labels' strings are kept from frame to frame.
+            status.top.resize_with(content.top.len(), Default::default);
+            for ((label, score), &(s, l)) in status.top.iter_mut().zip(content.top) {
+                if label != l {
+                    l.clone_into(label);
+                }
+                *score = s;
+            }
         }
         let now = Instant::now();
         self.drawn = self.shared.streams.load(Ordering::Relaxed) > 0
@@ -244,9 +250,7 @@ impl Display for HttpOutput {
             return Ok(());
         }
         self.next_due = now + self.interval;
-        letterbox(&mut self.canvas, frame)?;
-        let Ok(()) = overlay::draw(&mut self.canvas, content);
-        Ok(())
+        self.canvas.compose(frame, content)
     }
 
     fn present(&mut self) -> Result<()> {

@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use super::{letterbox, Canvas, Display, DisplayArgs};
-use crate::overlay::{self, OverlayContent};
+use super::{Canvas, Display, DisplayArgs};
+use crate::overlay::OverlayContent;
 use crate::preprocess::Image;
 
 /// Writes `DIR/frame-000001.png`, `frame-000002.png`, ...: one snapshot for
@@ -54,9 +54,7 @@ impl Display for PngSnapshots {
         if !self.pending {
             return Ok(());
         }
-        letterbox(&mut self.canvas, frame)?;
-        let Ok(()) = overlay::draw(&mut self.canvas, content);
-        Ok(())
+        self.canvas.compose(frame, content)
     }
 
     fn present(&mut self) -> Result<()> {
