@@ -41,8 +41,8 @@ pub use http::HttpOutput;
 pub use png::PngSnapshots;
 
 use crate::overlay::OverlayContent;
-use crate::pipeline::{Histogram, Stats};
 use crate::preprocess::{Image, PixelFormat};
+use crate::stats::{Histogram, Stats};
 
 /// Largest canvas side accepted for `png://` output.
 pub const MAX_CANVAS_SIDE: u32 = 16384;

@@ -28,6 +28,7 @@ mod postprocess;
 mod preprocess;
 mod quantize;
 mod source;
+mod stats;
 mod update;
 mod watchdog;
 

@@ -32,8 +32,8 @@ use jpeg_encoder::{ColorType, Encoder, SamplingFactor};
 
 use super::{Canvas, Display, DisplayArgs};
 use crate::overlay::OverlayContent;
-use crate::pipeline::{Histogram, Stats, STAGES};
 use crate::preprocess::Image;
+use crate::stats::{Histogram, Stats, STAGES};
 
 /// JPEG quality of the stream's frames (chroma subsampled 4:2:0).
 pub const JPEG_QUALITY: u8 = 80;
