@@ -19,7 +19,7 @@ pub struct RunArgs {
     /// `file://clip.y4m`, `pattern://`; through GStreamer, loaded when needed:
     /// `file://clip.mp4` (.mkv, .avi, .mov, .webm), `csi://0`,
     /// `rtsp://[user:pass@]host[:port]/path`, `gst://PIPELINE` (raw video out).
-    /// A live one gives its first frame within 10 s or fails.
+    /// A `csi://` or `rtsp://` input that gives no first frame within 10 s fails.
     /// Default: `/dev/video0` when it exists.
     #[arg(value_name = "INPUT_URI")]
     pub input: Option<String>,
