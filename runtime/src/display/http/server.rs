@@ -1,6 +1,6 @@
 //! The HTTP side of [`super::HttpOutput`]: one request per connection
-//! (`Connection: close`), `GET` and `HEAD` only, the request head read
-//! within [`READ_TIMEOUT`] and [`MAX_HEAD`] bytes, at most
+//! (`Connection: close`), `GET` and `HEAD` only, the request head within
+//! [`MAX_HEAD`] bytes and no pause over [`READ_TIMEOUT`], at most
 //! [`MAX_CONNECTIONS`] connections and [`MAX_STREAMS`] streams at a time.
 
 use std::io::{self, Read, Write};
@@ -17,7 +17,7 @@ pub const MAX_HEAD: usize = 8192;
 pub const MAX_CONNECTIONS: usize = 64;
 /// Open streams at most; more are answered 503.
 pub const MAX_STREAMS: usize = 32;
-/// A client has this long to send its request head.
+/// A client sending its request head may pause this long at most.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(5);
 /// A client that takes no bytes for this long is dropped.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
