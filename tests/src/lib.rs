@@ -242,6 +242,9 @@ pub struct Background {
 }
 
 impl Background {
+    /// The longest [`Background::finish`] waits for the run to end.
+    pub const MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
     /// Starts `edgevit` with `args` (and `RUST_LOG=error` unless `env` sets it).
     pub fn start<S: AsRef<std::ffi::OsStr>>(args: &[S], env: &[(&str, &str)]) -> Background {
         use std::io::{BufRead, Read};
@@ -285,9 +288,24 @@ impl Background {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
     }
 
-    /// Waits for the exit: its code, the stdout lines not yet received, and stderr.
+    /// Waits for the exit, at most [`Background::MAX_WAIT`] (then the run
+    /// is killed and the test fails with its stderr): its code, the stdout
+    /// lines not yet received, and stderr.
     pub fn finish(mut self) -> Run {
-        let status = self.child.wait().unwrap();
+        let deadline = std::time::Instant::now() + Self::MAX_WAIT;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                let stderr =
+                    std::mem::replace(&mut self.stderr, std::thread::spawn(String::new)).join().unwrap();
+                panic!("edgevit still ran after {} s:\n{stderr}", Self::MAX_WAIT.as_secs());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
         let stdout: Vec<String> = self.lines.iter().collect();
         let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new)).join().unwrap();
         Run { code: status.code(), stdout: stdout.join("\n"), stderr }
