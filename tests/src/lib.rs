@@ -238,7 +238,7 @@ pub fn wait_for_port(port: u16, within: std::time::Duration) -> bool {
 pub struct Background {
     pub child: std::process::Child,
     pub lines: std::sync::mpsc::Receiver<String>,
-    stderr: std::thread::JoinHandle<String>,
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Background {
@@ -274,7 +274,7 @@ impl Background {
             let _ = err.read_to_string(&mut s);
             s
         });
-        Background { child, lines, stderr }
+        Background { child, lines, stderr: Some(stderr) }
     }
 
     /// The process's resident memory, in bytes.
@@ -300,14 +300,13 @@ impl Background {
             if std::time::Instant::now() > deadline {
                 let _ = self.child.kill();
                 let _ = self.child.wait();
-                let stderr =
-                    std::mem::replace(&mut self.stderr, std::thread::spawn(String::new)).join().unwrap();
+                let stderr = self.stderr.take().unwrap().join().unwrap();
                 panic!("edgevit still ran after {} s:\n{stderr}", Self::MAX_WAIT.as_secs());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         };
         let stdout: Vec<String> = self.lines.iter().collect();
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new)).join().unwrap();
+        let stderr = self.stderr.take().unwrap().join().unwrap();
         Run { code: status.code(), stdout: stdout.join("\n"), stderr }
     }
 }

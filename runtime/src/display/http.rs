@@ -142,27 +142,15 @@ impl HttpOutput {
                 .replace("{width}", &width.to_string())
                 .replace("{height}", &height.to_string()),
         });
-        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
-            std::thread::Builder::new()
-                .name(name.into())
-                .spawn(f)
-                .with_context(|| format!("cannot start the {name} thread"))
-        };
         let threads = vec![
-            spawn(
-                "http",
-                Box::new({
-                    let shared = shared.clone();
-                    move || server::serve(listener, &shared)
-                }),
-            )?,
-            spawn(
-                "jpeg",
-                Box::new({
-                    let shared = shared.clone();
-                    move || encode_loop(&shared, width, height)
-                }),
-            )?,
+            spawn("http", {
+                let shared = shared.clone();
+                move || server::serve(listener, &shared)
+            })?,
+            spawn("jpeg", {
+                let shared = shared.clone();
+                move || encode_loop(&shared, width, height)
+            })?,
         ];
         log::info!("serving the live view on http://{addr}/");
         Ok(HttpOutput {
@@ -183,6 +171,14 @@ impl HttpOutput {
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
     }
+}
+
+/// Starts a thread named `name`.
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .with_context(|| format!("cannot start the {name} thread"))
 }
 
 /// Encodes each handed-over canvas and publishes it, until stopped.
@@ -465,13 +461,9 @@ impl Metrics {
             labels.push(("stage", stage));
         }
         for le in BUCKETS {
-            let le = le.to_string();
-            let with: Vec<_> = labels.iter().copied().chain([("le", le.as_str())]).collect();
-            self.sample(
-                &format!("{name}_bucket"),
-                &with,
-                h.count_at_most(le.parse().expect("a number")) as f64,
-            );
+            let text = le.to_string();
+            let with: Vec<_> = labels.iter().copied().chain([("le", text.as_str())]).collect();
+            self.sample(&format!("{name}_bucket"), &with, h.count_at_most(le) as f64);
         }
         let with: Vec<_> = labels.iter().copied().chain([("le", "+Inf")]).collect();
         self.sample(&format!("{name}_bucket"), &with, h.count() as f64);

@@ -86,6 +86,8 @@ impl Drop for Counted {
     }
 }
 
+const BAD_REQUEST: &str = "400 Bad Request";
+
 /// Why a request head was refused.
 #[derive(Debug, PartialEq, Eq)]
 enum Refused {
@@ -96,22 +98,21 @@ enum Refused {
 }
 
 /// The method and path of a request head (`METHOD SP TARGET SP HTTP/1.x`),
-/// the query dropped.
-fn parse_head(head: &[u8]) -> Result<(&str, &str), Refused> {
+/// the query dropped; else the status that refuses it.
+fn parse_head(head: &[u8]) -> Result<(&str, &str), &'static str> {
     let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line =
-        std::str::from_utf8(line).map_err(|_| Refused::Status("400 Bad Request"))?.trim_end_matches('\r');
+    let line = std::str::from_utf8(line).map_err(|_| BAD_REQUEST)?.trim_end_matches('\r');
     let mut parts = line.split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Err(Refused::Status("400 Bad Request"));
+        return Err(BAD_REQUEST);
     };
     if !version.starts_with("HTTP/1.") || !target.starts_with('/') {
-        return Err(Refused::Status("400 Bad Request"));
+        return Err(BAD_REQUEST);
     }
     if method != "GET" && method != "HEAD" {
-        return Err(Refused::Status("405 Method Not Allowed"));
+        return Err("405 Method Not Allowed");
     }
     Ok((method, target.split('?').next().unwrap_or(target)))
 }
@@ -141,16 +142,11 @@ fn handle(mut stream: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
     let head = match read_head(&mut stream) {
         Ok(head) => head,
         Err(Refused::Gone) => return Ok(()),
-        Err(Refused::Status(status)) => {
-            return respond(&mut stream, status, "text/plain", status.as_bytes(), false)
-        }
+        Err(Refused::Status(status)) => return refuse(&mut stream, status),
     };
     let (method, path) = match parse_head(&head) {
         Ok(request) => request,
-        Err(Refused::Gone) => return Ok(()),
-        Err(Refused::Status(status)) => {
-            return respond(&mut stream, status, "text/plain", status.as_bytes(), false)
-        }
+        Err(status) => return refuse(&mut stream, status),
     };
     let head_only = method == "HEAD";
     match path {
@@ -176,6 +172,11 @@ fn handle(mut stream: TcpStream, shared: &Arc<Shared>) -> io::Result<()> {
             head_only,
         ),
     }
+}
+
+/// A refusal: its status as the whole body.
+fn refuse(stream: &mut impl Write, status: &str) -> io::Result<()> {
+    respond(stream, status, "text/plain", status.as_bytes(), false)
 }
 
 /// A whole response, then the connection is closed.
@@ -245,7 +246,7 @@ mod tests {
             Ok(("GET", "/stats.json"))
         );
         assert_eq!(parse_head(b"HEAD / HTTP/1.0\r\n\r\n"), Ok(("HEAD", "/")));
-        assert_eq!(parse_head(b"POST / HTTP/1.1\r\n\r\n"), Err(Refused::Status("405 Method Not Allowed")));
+        assert_eq!(parse_head(b"POST / HTTP/1.1\r\n\r\n"), Err("405 Method Not Allowed"));
         for bad in [
             &b"GET /\r\n\r\n"[..],
             b"GET http://x/ HTTP/1.1\r\n\r\n",
@@ -253,7 +254,7 @@ mod tests {
             b"\xff\xfe\r\n\r\n",
             b"GET  / HTTP/1.1\r\n\r\n",
         ] {
-            assert_eq!(parse_head(bad), Err(Refused::Status("400 Bad Request")), "{bad:?}");
+            assert_eq!(parse_head(bad), Err("400 Bad Request"), "{bad:?}");
         }
     }
 
